@@ -1,0 +1,273 @@
+"""Batched forward passes with hooks -> the on-disk feature store.
+
+Several layers in one pass; conv maps stored whole ([N, C, H, W]) as float16 ``.npy``
+files (memory-mapped on read) written atomically (temp file + rename) with a JSON
+manifest carrying provenance. Memory stays bounded: each batch is written to the
+memmap as soon as it is computed, so datasets larger than RAM stream to disk.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from core.config import cache_root, code_version, stable_hash
+from core.datasets import ArrayImageSet, ImageSet
+from core.errors import CacheCorruptError, InputError
+from core.models import LoadedModel
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+Progress = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------- hooks
+@contextlib.contextmanager
+def capture_layers(loaded: LoadedModel, layers: Sequence[str],
+                   dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Register forward hooks on ``layers``; yields a dict filled with each forward's outputs.
+
+    Hooks are removed on exit, also when the body raises. Outputs are detached and
+    copied (torchvision's in-place ReLUs would otherwise alias them), converted to
+    ``dtype`` in the same copy when given.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for layer in layers:
+            module = loaded.module(layer)
+
+            def hook(_m, _inp, out, _name=layer):
+                outputs[_name] = out.detach().to(dtype or out.dtype, copy=True)
+
+            handles.append(module.register_forward_hook(hook))
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU. Asking for CUDA without one is an InputError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' requested but no CUDA GPU is available here; use --device cpu or auto.")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device '{device}'; use auto, cpu or cuda[:N].") from exc
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+# --------------------------------------------------------------------------- batching
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, data: ImageSet, transform: Callable):
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img, _ = self.data[i]
+        return self.transform(img)
+
+
+def array_batch(data: ArrayImageSet, idx: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    """Fast path for in-memory uint8 images: normalise a whole batch at once (no PIL)."""
+    x = torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2).float().div_(255.0)
+    size = loaded.spec.input_size
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(loaded.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.spec.std).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: torch.device,
+                 num_workers: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, input_batch)`` in dataset order, on ``device``."""
+    n = len(data)
+    if isinstance(data, ArrayImageSet) and loaded.spec.resize is None:
+        for start in range(0, n, batch_size):
+            x = array_batch(data, np.arange(start, min(n, start + batch_size)), loaded)
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+            yield start, x
+        return
+    if num_workers is None:
+        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    loader = torch.utils.data.DataLoader(_Transformed(data, loaded.spec.transform()), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda",
+                                         persistent_workers=False)
+    start = 0
+    for x in loader:
+        yield start, x.to(device, non_blocking=True)
+        start += len(x)
+
+
+# --------------------------------------------------------------------------- store
+def model_key(loaded: LoadedModel) -> str:
+    spec = loaded.spec
+    return f"{spec.name.replace(':', '-').replace('/', '-')}-{stable_hash(spec.arch, spec.weights.sha256 or 'random', spec.input_size, spec.mean, spec.std, spec.resize, length=10)}"
+
+
+def features_dir(loaded: LoadedModel, data: ImageSet, root: Path | None = None) -> Path:
+    """Directory holding every stored layer of ``loaded`` on ``data``."""
+    base = (root or cache_root()) / "features"
+    return base / model_key(loaded) / f"{data.name.replace(':', '-').replace('/', '-')}-{data.fingerprint[:10]}"
+
+
+@dataclass(frozen=True)
+class LayerFeatures:
+    """One stored layer: a read-only memmap ``[N, ...]`` float16 and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    def array(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["shape"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+
+def _manifest_path(npy: Path) -> Path:
+    return npy.with_suffix(".json")
+
+
+def open_layer(directory: Path, layer: str) -> LayerFeatures | None:
+    """Open a stored layer; ``None`` if absent. A damaged file is deleted and ``None`` returned."""
+    npy = directory / f"{layer}.npy"
+    man = _manifest_path(npy)
+    if not npy.exists() or not man.exists():
+        return None
+    try:
+        manifest = json.loads(man.read_text())
+        arr = np.load(npy, mmap_mode="r")
+        if list(arr.shape) != manifest["shape"] or manifest.get("format") != FORMAT_VERSION:
+            raise CacheCorruptError(f"shape {arr.shape} != manifest {manifest.get('shape')}")
+    except (OSError, ValueError, KeyError, CacheCorruptError) as exc:
+        log.warning("stored features %s are damaged (%s); dropping them, they will be re-extracted", npy, exc)
+        for p in (npy, man):
+            p.unlink(missing_ok=True)
+        return None
+    return LayerFeatures(npy, manifest)
+
+
+def _provenance(loaded: LoadedModel, data: ImageSet, device: torch.device) -> dict:
+    return {"model": loaded.spec.describe(), "dataset": data.describe(), "device": device_label(device),
+            "transform": {"input_size": loaded.spec.input_size, "mean": list(loaded.spec.mean),
+                          "std": list(loaded.spec.std), "resize": loaded.spec.resize},
+            "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directory: Path, device: torch.device,
+                 batch_size: int, num_workers: int | None, progress: Progress | None) -> dict[str, Path]:
+    n = len(data)
+    net = loaded.net.to(device).eval()
+    amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    tmp: dict[str, Path] = {}
+    mms: dict[str, np.ndarray] = {}
+    done = 0
+    with torch.inference_mode(), capture_layers(loaded, layers, torch.float16) as outs:
+        for start, x in iter_batches(loaded, data, batch_size, device, num_workers):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                net(x)
+            for layer in layers:
+                out = outs[layer]
+                if layer not in mms:
+                    tmp[layer] = directory / f".{layer}.npy.tmp-{os.getpid()}"
+                    mms[layer] = np.lib.format.open_memmap(tmp[layer], mode="w+", dtype=np.float16,
+                                                           shape=(n, *out.shape[1:]))
+                mms[layer][start:start + len(out)] = out.cpu().numpy()
+            done = start + len(x)
+            if progress:
+                progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
+    if done != n:
+        raise CacheCorruptError(f"extraction produced {done} of {n} items")
+    for mm in mms.values():
+        mm.flush()
+    return tmp
+
+
+def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, device: str = "auto",
+            batch_size: int = 128, num_workers: int | None = None, root: Path | None = None,
+            progress: Progress | None = None, force: bool = False) -> dict[str, LayerFeatures]:
+    """Extract ``layers`` of ``loaded`` on ``data`` into the feature store (missing layers only).
+
+    Returns one :class:`LayerFeatures` per layer. Files appear atomically: a killed
+    run leaves only hidden temp files, which the next run ignores and overwrites.
+    """
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise InputError("no layers requested; pass e.g. --layers conv1,conv5,fc7")
+    for layer in layers:
+        loaded.module(layer)  # validates the name
+    if len(data) == 0:
+        raise InputError(f"dataset '{data.name}' is empty; nothing to extract")
+    directory = features_dir(loaded, data, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    result = {} if force else {l: f for l in layers if (f := open_layer(directory, l)) is not None}
+    todo = [l for l in layers if l not in result]
+    if todo:
+        dev = resolve_device(device)
+        tmp = _run_forward(loaded, data, todo, directory, dev, batch_size, num_workers, progress)
+        prov = _provenance(loaded, data, dev)
+        for layer, tpath in tmp.items():
+            final = directory / f"{layer}.npy"
+            os.replace(tpath, final)
+            shape = list(np.load(final, mmap_mode="r").shape)
+            manifest = {**prov, "format": FORMAT_VERSION, "layer": layer, "shape": shape, "dtype": "float16",
+                        "fingerprint": stable_hash(model_key(loaded), data.fingerprint, layer, shape)}
+            mtmp = directory / f".{layer}.json.tmp-{os.getpid()}"
+            mtmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(mtmp, _manifest_path(final))
+            result[layer] = LayerFeatures(final, manifest)
+    return {l: result[l] for l in layers}
+
+
+def load_features(loaded: LoadedModel, data: ImageSet, layer: str, root: Path | None = None) -> LayerFeatures | None:
+    """Stored features of one layer, or ``None`` when not extracted yet."""
+    return open_layer(features_dir(loaded, data, root), layer)
+
+
+def drop_features(loaded: LoadedModel, data: ImageSet, root: Path | None = None) -> None:
+    shutil.rmtree(features_dir(loaded, data, root), ignore_errors=True)
+
+
+def forward_throughput(loaded: LoadedModel, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Images/s of the bare model over pre-made batches (the benchmark's reference)."""
+    net = loaded.net.to(device).eval()
+    xs = [b.to(device) for b in batches]
+    with torch.inference_mode():
+        net(xs[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for x in xs:
+            net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return sum(len(x) for x in xs) / (time.perf_counter() - t0)
