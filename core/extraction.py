@@ -87,15 +87,17 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(img)
 
 
-def array_batch(data: ArrayImageSet, idx: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
-    """Fast path for in-memory uint8 images: normalise a whole batch at once (no PIL)."""
-    x = torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2).float().div_(255.0)
-    size = loaded.spec.input_size
+def uint8_to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float], size: int) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, size, size]`` (bilinear resize if needed)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(loaded.spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(loaded.spec.std).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
+
+
+def array_batch(data: ArrayImageSet, idx: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    """Fast path for in-memory uint8 images: normalise a whole batch at once (no PIL)."""
+    return uint8_to_input(data.images[idx], loaded.spec.mean, loaded.spec.std, loaded.spec.input_size)
 
 
 def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: torch.device,

@@ -1,0 +1,83 @@
+"""Result cache: hits via a counter, corruption detected and recomputed, single computation under contention."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.cache import ResultCache
+from core.config import stable_hash
+
+
+@dataclass(frozen=True)
+class Req:
+    layer: str
+    k: int = 50
+
+
+def test_second_request_is_a_hit(tmp_path):
+    cache = ResultCache(tmp_path / "c")
+    calls = []
+    f = lambda: calls.append(1) or np.arange(5)  # noqa: E731
+    a = cache.get_or_compute(Req("conv5"), ["fp1"], f)
+    b = cache.get_or_compute(Req("conv5"), ["fp1"], f)
+    assert np.array_equal(a, b) and len(calls) == 1 and cache.hits == 1 and cache.misses == 1
+    # other parameters or other features -> different entries
+    cache.get_or_compute(Req("conv5", k=10), ["fp1"], f)
+    cache.get_or_compute(Req("conv5"), ["fp2"], f)
+    assert len(calls) == 3 and cache.misses == 3
+    # a new process-level instance on the same directory still hits
+    again = ResultCache(tmp_path / "c")
+    again.get_or_compute(Req("conv5"), ["fp1"], f)
+    assert again.hits == 1 and len(calls) == 3
+
+
+def test_corrupt_entry_dropped_and_recomputed(tmp_path, caplog):
+    cache = ResultCache(tmp_path / "c")
+    key = cache.key(Req("fc7"), ["x"])
+    cache._cache.set(key, ("0" * 64, b"garbage"))  # wrong checksum, like a half-written value
+    out = cache.get_or_compute(Req("fc7"), ["x"], lambda: 42)
+    assert out == 42 and cache.dropped == 1 and cache.misses == 1
+    assert "corrupt" in caplog.text
+    cache._cache.set(key, "not a tuple")
+    assert cache.get_or_compute(Req("fc7"), ["x"], lambda: 43) == 43 and cache.dropped == 2
+
+
+def test_damaged_database_is_moved_aside(tmp_path):
+    d = tmp_path / "c"
+    ResultCache(d).get_or_compute(Req("a"), [], lambda: 1)
+    (d / "cache.db").write_bytes(b"this is not sqlite" * 100)
+    cache = ResultCache(d)
+    assert cache.get_or_compute(Req("a"), [], lambda: 2) == 2
+    assert list(tmp_path.glob("c.corrupt-*"))
+
+
+def test_concurrent_requests_compute_once(tmp_path):
+    cache = ResultCache(tmp_path / "c")
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.3)
+        return "done"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute(Req("z"), [], slow)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["done"] * 4 and len(calls) == 1
+
+
+def test_stable_hash_is_order_and_process_stable():
+    assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
+    assert stable_hash(Req("conv5")) != stable_hash(Req("conv4"))
+    # a known answer: the hash is sha256 of canonical JSON (computed independently here)
+    import hashlib
+    import json
+    expected = hashlib.sha256(json.dumps({"a": 1}, sort_keys=True, separators=(",", ":")).encode() + b"\x00").hexdigest()[:16]
+    assert stable_hash({"a": 1}) == expected
