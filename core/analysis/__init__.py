@@ -1,0 +1,44 @@
+"""Pure analysis functions of Agrawal, Girshick & Malik (ECCV 2014).
+
+One module per analysis family; every function takes numpy arrays or torch tensors
+(any device), computes in torch on that device and returns numpy:
+
+- :mod:`.selectivity` — entropy curves, AuE, selectivity curves (Appendix, Fig. 1)
+- :mod:`.precision_recall` — single-filter AP and PR curves (Sec. 4.1, Fig. 3)
+- :mod:`.svm_ranking` — SVM filter ranking, nested subsets, layer mAP (Sec. 4.2,
+  Fig. 4, Table 5, Tables 1-4/7 evaluation), grandmother-cell candidates
+- :mod:`.overlap` — top-k filter set overlap (Fig. 5)
+- :mod:`.sparsity` — non-zero fractions (Table 6)
+- :mod:`.ablation` — binarize, sp-max, sp-shuffle and the Tables 7-8 runner (Sec. 5)
+"""
+from __future__ import annotations
+
+from core.analysis.ablation import (AblationResult, ablation_study, ablation_transforms,
+                                    binarize, bootstrap_map, spatial_max, spatial_shuffle)
+from core.analysis.overlap import overlap_chance, shared_filters, topk_overlap, topk_sets
+from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve,
+                                            shuffled_label_ap)
+from core.analysis.selectivity import aue, entropy_curves, selectivity_curve, shuffled_label_aue
+from core.analysis.sparsity import class_nonzero_fraction, nonzero_fraction, sparsity_summary
+from core.analysis.svm_ranking import (PAPER_K, FilterRankingResult, LinearMapResult,
+                                       SVMConfig, filters_needed, grandmother_cells, linear_map,
+                                       paper_k_values, random_subset_ap, single_ap_ranking,
+                                       subset_ap, svm_filter_ranking)
+
+__all__ = [
+    # selectivity (Appendix, Fig. 1)
+    "entropy_curves", "aue", "selectivity_curve", "shuffled_label_aue",
+    # precision / recall (Sec. 4.1, Fig. 3)
+    "filter_ap", "class_filter_ap", "pr_curve", "shuffled_label_ap",
+    # SVM ranking and layer mAP (Sec. 4, Fig. 4, Table 5, Tables 1-4/7)
+    "PAPER_K", "SVMConfig", "FilterRankingResult", "LinearMapResult", "paper_k_values",
+    "svm_filter_ranking", "subset_ap", "single_ap_ranking", "random_subset_ap",
+    "filters_needed", "linear_map", "grandmother_cells",
+    # overlap (Fig. 5)
+    "topk_sets", "topk_overlap", "shared_filters", "overlap_chance",
+    # sparsity (Table 6)
+    "nonzero_fraction", "sparsity_summary", "class_nonzero_fraction",
+    # ablations (Sec. 5, Tables 7-8)
+    "binarize", "spatial_max", "spatial_shuffle", "ablation_transforms", "bootstrap_map",
+    "AblationResult", "ablation_study",
+]

@@ -1,0 +1,82 @@
+"""Sparsity of layer activations: the fraction of non-zero responses.
+
+Reproduces: Table 6 (percentage of non-zeros in filter responses, mean ± std).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.analysis._common import as_numpy, as_torch, positives_matrix
+from core.errors import InputError
+
+
+def _per_sample(acts: Any) -> torch.Tensor:
+    a = as_torch(acts, name="acts")
+    if a.ndim < 2 or a.shape[0] == 0 or a[0].numel() == 0:
+        raise InputError(f"acts must have shape [N, ...] with N >= 1 and at least one "
+                         f"value per sample, got shape {tuple(a.shape)}")
+    if a.is_floating_point() and bool(torch.isnan(a).any()):
+        raise InputError("acts contains NaN values; NaN is neither zero nor non-zero")
+    return (a.reshape(a.shape[0], -1) != 0).sum(1).to(torch.float64) / a[0].numel()
+
+
+def nonzero_fraction(acts: Any) -> np.ndarray:
+    """Fraction of non-zero entries of each sample's activations.
+
+    Reproduces: Table 6 (per-image sparsity; the table reports it in percent).
+
+    Parameters
+    ----------
+    acts : array or tensor, ``[N, ...]`` (e.g. ``[N, F]`` or ``[N, F, H, W]``)
+
+    Returns
+    -------
+    numpy.ndarray, float64, ``[N]``
+        Values in ``[0, 1]``.
+    """
+    return as_numpy(_per_sample(acts))
+
+
+def sparsity_summary(acts: Any) -> dict[str, float]:
+    """Mean and standard deviation over samples of :func:`nonzero_fraction`.
+
+    Reproduces: Table 6 (one "mean ± std" cell).
+
+    Returns
+    -------
+    dict
+        ``{"mean": float, "std": float}`` as fractions (multiply by 100 for the
+        table's percent). ``std`` is the population standard deviation (ddof=0);
+        the paper does not say which it uses.
+    """
+    frac = _per_sample(acts)
+    return {"mean": float(frac.mean()), "std": float(frac.std(correction=0))}
+
+
+def class_nonzero_fraction(acts: Any, labels: Any, num_classes: int | None = None) -> np.ndarray:
+    """Mean non-zero fraction of the samples of each class.
+
+    Reproduces: a per-class breakdown of Table 6 (not in the paper).
+
+    Parameters
+    ----------
+    acts : array or tensor, ``[N, ...]``
+    labels : ``[N]`` ints in ``[0, num_classes)`` or ``[N, C]`` bool multi-label matrix
+    num_classes : int, optional
+
+    Returns
+    -------
+    numpy.ndarray, float64, ``[C]``
+        NaN for a class without samples.
+    """
+    frac = _per_sample(acts)
+    pos = positives_matrix(labels, frac.shape[0], num_classes, frac.device).to(torch.float64)
+    count = pos.sum(0)
+    mean = (pos * frac[:, None]).sum(0) / count.clamp_min(1.0)
+    return as_numpy(torch.where(count > 0, mean, torch.nan))
+
+
+__all__ = ["nonzero_fraction", "sparsity_summary", "class_nonzero_fraction"]
