@@ -28,3 +28,60 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 def tiny_images() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (37, 64, 64, 3), dtype=np.uint8), rng.integers(0, 3, 37)
+
+
+@pytest.fixture(scope="session")
+def demo_env(tmp_path_factory):
+    """The tiny demo profile built once per test session in a private cache (env vars set).
+
+    Yields the cache root. ~30-60 s on the 2-core machine.
+    """
+    from core import demo, service
+
+    root = tmp_path_factory.mktemp("demo-cache")
+    saved = {k: os.environ.get(k) for k in ("FILTERSCOPE_CACHE", "FILTERSCOPE_DEMO")}
+    os.environ["FILTERSCOPE_CACHE"] = str(root)
+    os.environ["FILTERSCOPE_DEMO"] = "tiny"
+    service.load_model.cache_clear()
+    service.load_set.cache_clear()
+    demo.build("tiny")
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    service.load_model.cache_clear()
+    service.load_set.cache_clear()
+
+
+APP = ROOT / "app.py"
+
+
+def app_test(page: str | None = None, timeout: int = 180):
+    """An AppTest of app.py, switched to ``page`` (e.g. "pages/overview.py") and run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def plotly_figures(at) -> list[dict]:
+    """Decoded plotly figure JSON of every chart on the page (numeric arrays decoded)."""
+    import base64
+    import json
+
+    def decode(obj):
+        if isinstance(obj, dict):
+            if set(obj) >= {"dtype", "bdata"}:
+                arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+                return arr.reshape(obj["shape"]) if "shape" in obj and obj["shape"] else arr
+            return {k: decode(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [decode(v) for v in obj]
+        return obj
+
+    return [decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]

@@ -1,0 +1,129 @@
+"""Command line: ``python -m core {demo,extract,bench,report} ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from core.errors import FilterscopeError
+
+
+@contextmanager
+def tqdm_progress(desc: str = "") -> Iterator:
+    """A ``progress(done, total, message)`` callback drawing one tqdm bar per message prefix."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def cb(done: int, total: int, message: str) -> None:
+        key = message.split(":")[0]
+        bar = bars.get(key)
+        if bar is None:
+            for b in bars.values():
+                b.close()
+            bars.clear()
+            bar = bars[key] = tqdm(total=total, desc=key, unit="it", dynamic_ncols=True, file=sys.stderr)
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(message[len(key) + 1:].strip()[:60], refresh=False)
+        bar.refresh()
+
+    try:
+        yield cb
+    finally:
+        for b in bars.values():
+            b.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from core import demo, service
+
+    if args.dataset == "fashion-mnist":
+        from core import fashion_demo
+
+        with tqdm_progress() as cb:
+            info = fashion_demo.build(progress=cb, force=args.force)
+        print(f"Fashion-MNIST demo ready in {fashion_demo.demo_dir()}")
+        return 0
+    already = demo.is_built(args.profile) and not args.force
+    with tqdm_progress() as cb:
+        info = demo.build(args.profile, progress=cb, force=args.force)
+        if not args.no_warm:
+            service.warm_demo(progress=cb)
+    if already:
+        print(f"Demo already built in {demo.demo_dir(args.profile)} (nothing to do).")
+    else:
+        print(f"Demo built in {demo.demo_dir(args.profile)}: "
+              f"source val acc {info['pretrain']['source_val_accuracy']:.3f}, "
+              + ", ".join(f"{k} {v['target_detgt_test_accuracy']:.3f}" for k, v in info["finetune"].items()))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from core import extraction, service
+    from core.datasets import load_dataset
+
+    lm = service.load_model(args.model if ":" in args.model else f"tv:{args.model}"
+                            + (f"@{args.weights}" if args.weights else ""))
+    data = load_dataset(args.dataset)
+    layers = [l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else list(lm.spec.layers)
+    with tqdm_progress() as cb:
+        out = extraction.extract(lm, data, layers, device=args.device, batch_size=args.batch_size, progress=cb)
+    for layer, f in out.items():
+        print(f"{layer}: {tuple(f.shape)} -> {f.path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from core import bench
+
+    result = bench.run(quick=args.quick)
+    print(bench.format_table(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Filterscope engine")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("demo", help="build the embedded demo (idempotent)")
+    p.add_argument("--profile", default=None, help="full (default) or tiny ($FILTERSCOPE_DEMO)")
+    p.add_argument("--dataset", default="scenes", choices=["scenes", "fashion-mnist"])
+    p.add_argument("--force", action="store_true", help="rebuild from scratch")
+    p.add_argument("--no-warm", action="store_true", help="skip pre-computing the standard analyses")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("extract", help="extract layer features into the feature store")
+    p.add_argument("--model", required=True, help="demo:<variant>, tv:<arch> or a torchvision name")
+    p.add_argument("--weights", default=None, help="local state dict for a torchvision model")
+    p.add_argument("--dataset", required=True, help="demo:<split>, voc2007:<root>:<split>[:det-gt], "
+                                                     "imagefolder:<root>, fashion-mnist:<split> or a path")
+    p.add_argument("--layers", default="", help="comma-separated, e.g. conv1,conv5,fc7 (default: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("bench", help="speed/memory benchmark, side by side")
+    p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except FilterscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Probe: what each filter does with user-uploaded images, placed against the dataset.
+
+For a model, a layer and a task (whose test split is the reference population) this
+computes, per uploaded image: every filter's spatially max-pooled response (Sec. 4's
+pooling), its spatial map, its percentile among the dataset's responses, the
+strongest filters, the classes each filter signals (its best single-filter AP,
+Sec. 4.1) and the model's own top predictions when its classifier matches a task.
+Decoding of uploads lives in :mod:`core.imageio` (never crashes on bad files).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import service
+from core.cache import default_cache
+from core.errors import InputError
+from core.extraction import capture_layers
+from core.imageio import decode_image, decode_many, image_fingerprint
+
+__all__ = ["decode_image", "decode_many", "ProbeResult", "probe", "reference_stats", "filter_classes"]
+
+
+@dataclass
+class ProbeResult:
+    """Responses of one image at one layer."""
+
+    name: str
+    image: np.ndarray  # uint8 [S, S, 3], the network's view (after resize/crop)
+    responses: np.ndarray  # [F] spatial max (Sec. 4)
+    maps: np.ndarray | None  # [F, H, W] for conv layers
+    percentiles: np.ndarray  # [F] in [0, 100] among the reference set's pooled responses
+    predictions: list[tuple[str, float]]
+    fingerprint: str
+
+    def strongest(self, k: int = 8, by: str = "percentile") -> np.ndarray:
+        """Indices of the k strongest filters (by dataset percentile, ties by raw response)."""
+        primary = self.percentiles if by == "percentile" else self.responses
+        return np.lexsort((-self.responses, -primary))[:k]
+
+
+@dataclass(frozen=True)
+class ReferenceRequest:
+    model: str
+    task: str
+    layer: str
+
+
+def reference_stats(model_id: str, task_id: str, layer: str) -> np.ndarray:
+    """Sorted pooled responses ``[N, F]`` of the task's test split (cached), for percentiles."""
+    t = service.task(task_id)
+    x, fp = service.pooled(model_id, t.test, layer)
+    return default_cache().get_or_compute(ReferenceRequest(model_id, task_id, layer), [fp],
+                                          lambda: np.sort(x, axis=0).astype(np.float32))
+
+
+def percentiles(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Percent of reference responses strictly below each value, plus half of the ties."""
+    v = np.asarray(values, dtype=sorted_ref.dtype)[None, :]
+    below = (sorted_ref < v).sum(0)
+    upto = (sorted_ref <= v).sum(0)
+    return 100.0 * (below + upto) / (2.0 * sorted_ref.shape[0])
+
+
+def _network_view(img: Image.Image, lm) -> tuple[torch.Tensor, np.ndarray]:
+    x = lm.spec.transform()(img.convert("RGB"))
+    mean = torch.tensor(lm.spec.mean).view(3, 1, 1)
+    std = torch.tensor(lm.spec.std).view(3, 1, 1)
+    view = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return x, view
+
+
+def _predictions(logits: torch.Tensor, class_names: Sequence[str], k: int = 5) -> list[tuple[str, float]]:
+    if not class_names or logits.numel() != len(class_names):
+        return []
+    p = torch.softmax(logits.float(), 0)
+    top = torch.topk(p, min(k, len(class_names)))
+    return [(class_names[i], float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+@torch.inference_mode()
+def probe(model_id: str, task_id: str, layer: str, images: Sequence[tuple[str, Image.Image]]) -> list[ProbeResult]:
+    """Probe decoded images; one forward pass for the batch."""
+    if not images:
+        return []
+    lm = service.load_model(model_id)
+    ref = reference_stats(model_id, task_id, layer)
+    views = [_network_view(img, lm) for _, img in images]
+    x = torch.stack([v[0] for v in views])
+    net = lm.net.to("cpu").eval()
+    with capture_layers(lm, [layer], torch.float32) as outs:
+        logits = net(x)
+    acts = outs[layer].numpy()
+    if acts.shape[1] != ref.shape[1]:
+        raise InputError(f"layer {layer} has {acts.shape[1]} filters but the reference has {ref.shape[1]}")
+    results = []
+    for i, (name, img) in enumerate(images):
+        a = acts[i]
+        resp = a.reshape(a.shape[0], -1).max(1) if a.ndim == 3 else a
+        results.append(ProbeResult(name, views[i][1], resp, a if a.ndim == 3 else None, percentiles(ref, resp),
+                                   _predictions(logits[i], lm.spec.class_names), image_fingerprint(img)))
+    return results
+
+
+def filter_classes(model_id: str, task_id: str, layer: str, filt: int, k: int = 3) -> list[tuple[str, float]]:
+    """The classes a filter signals best: its top single-filter APs (Sec. 4.1)."""
+    res = service.filter_ap(model_id, task_id, layer)
+    col = res.ap[:, filt]
+    order = np.argsort(-col, kind="stable")[:k]
+    return [(res.class_names[c], float(col[c])) for c in order]

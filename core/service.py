@@ -1,0 +1,626 @@
+"""The engine's front door: catalog of models and tasks, and every analysis cached on disk.
+
+Pages call only these functions (widgets -> service -> figures). Each analysis is a
+frozen request dataclass; its result is cached in the disk cache under the request's
+hash plus the fingerprints of the stored features it reads, so a result is
+recomputed exactly when its inputs change. Every result carries provenance.
+
+Identifiers
+-----------
+model ids:   ``demo:pretrained``, ``demo:finetuned``, ``demo:fc-finetuned``, ``demo:scratch``,
+             ``demo:snapshot-00050``, ``tv:alexnet`` (torch hub cache or random),
+             ``tv:alexnet@/path/weights.pth`` (a local state dict).
+task ids:    ``demo-detgt`` (box crops, paper's PASCAL-DET-GT), ``demo-cls`` (whole images,
+             multi-label, PASCAL-CLS), ``demo-scene`` (SUN-CLS analogue), and real data
+             registered with :func:`register_task` (e.g. VOC 2007 from a local VOCdevkit).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from core import analysis, demo, extraction
+from core.cache import default_cache
+from core.config import code_version
+from core.datasets import ImageSet, load_dataset
+from core.errors import DataMissingError, InputError
+from core.models import LoadedModel, build_torchvision
+
+Progress = Callable[[int, int, str], None]
+#: Per-layer mAP tables (Tables 1-4, 7, 8) use least-squares SVMs solved in closed form:
+#: hinge-loss LinearSVC on flattened conv maps (8k-60k dims) is 100x slower. Deviation
+#: from the paper's hinge-loss SVMs; Fig. 4 / Table 5 keep LinearSVC as the paper.
+TABLE_CLASSIFIER = analysis.SVMConfig(method="lssvm")
+
+
+# --------------------------------------------------------------------------- catalog
+@dataclass(frozen=True)
+class TaskSpec:
+    """A train/test pair of image sets with one label space."""
+
+    id: str
+    title: str
+    train: str
+    test: str
+    kind: str  # "det-gt" | "cls" | "scene" | "other"
+    paper: str = ""
+
+
+_TASKS: dict[str, TaskSpec] = {}
+_LOCK = threading.RLock()
+
+
+def register_task(task: TaskSpec) -> None:
+    with _LOCK:
+        _TASKS[task.id] = task
+
+
+def tasks() -> dict[str, TaskSpec]:
+    """Every known task: the demo's (when built) plus registered real-data tasks."""
+    out = {t.id: t for t in demo.demo_tasks()} if demo.is_built() else {}
+    with _LOCK:
+        out.update(_TASKS)
+    return {k: TaskSpec(**v) if isinstance(v, dict) else v for k, v in out.items()}
+
+
+def task(task_id: str) -> TaskSpec:
+    all_tasks = tasks()
+    if task_id not in all_tasks:
+        if task_id.startswith("demo") and not demo.is_built():
+            raise DataMissingError("the embedded demo is not built yet: run `make run` or `python -m core demo`.")
+        raise InputError(f"unknown task '{task_id}'; known: {', '.join(all_tasks) or 'none'}")
+    return all_tasks[task_id]
+
+
+def models() -> dict[str, str]:
+    """Model id -> human title, the demo's first."""
+    return demo.demo_models() if demo.is_built() else {}
+
+
+@lru_cache(maxsize=32)
+def load_model(model_id: str) -> LoadedModel:
+    """Build a model from its id (cached per process)."""
+    if model_id.startswith("demo:"):
+        return demo.load_demo_model(model_id)
+    if model_id.startswith("tv:"):
+        arch, _, path = model_id[3:].partition("@")
+        return build_torchvision(arch, weights=path or None)
+    raise InputError(f"unknown model id '{model_id}'; use demo:<variant> or tv:<arch>[@<weights path>]")
+
+
+@lru_cache(maxsize=64)
+def load_set(dataset_id: str) -> ImageSet:
+    return load_dataset(dataset_id)
+
+
+def model_info(model_id: str) -> dict:
+    lm = load_model(model_id)
+    return {"id": model_id, **lm.spec.describe()}
+
+
+# --------------------------------------------------------------------------- features
+def features(model_id: str, dataset_id: str, layer: str, *, progress: Progress | None = None,
+             device: str = "auto") -> extraction.LayerFeatures:
+    """Stored features of one layer (extracted on first use)."""
+    lm, data = load_model(model_id), load_set(dataset_id)
+    stored = extraction.load_features(lm, data, layer)
+    if stored is not None:
+        return stored
+    with _extract_lock(model_id, dataset_id):
+        return extraction.extract(lm, data, [layer], device=device, progress=progress)[layer]
+
+
+def extract_all(model_id: str, dataset_id: str, layers: Sequence[str], *, progress: Progress | None = None,
+                device: str = "auto") -> dict[str, extraction.LayerFeatures]:
+    """Extract several layers in one pass (missing ones only)."""
+    with _extract_lock(model_id, dataset_id):
+        return extraction.extract(load_model(model_id), load_set(dataset_id), list(layers),
+                                  device=device, progress=progress)
+
+
+def is_extracted(model_id: str, dataset_id: str, layer: str) -> bool:
+    return extraction.load_features(load_model(model_id), load_set(dataset_id), layer) is not None
+
+
+_EXTRACT_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _extract_lock(model_id: str, dataset_id: str) -> threading.Lock:
+    with _LOCK:
+        return _EXTRACT_LOCKS.setdefault((model_id, dataset_id), threading.Lock())
+
+
+def pooled(model_id: str, dataset_id: str, layer: str, progress: Progress | None = None) -> tuple[np.ndarray, str]:
+    """Spatially max-pooled features ``[N, F]`` float32 (Sec. 4) and their fingerprint."""
+    f = features(model_id, dataset_id, layer, progress=progress)
+    arr = f.array()
+    out = analysis.spatial_max(arr).astype(np.float32) if arr.ndim == 4 else np.asarray(arr, dtype=np.float32)
+    return out, f.fingerprint
+
+
+def layers_of(model_id: str) -> list[str]:
+    return list(load_model(model_id).spec.layers)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Provenance:
+    model: dict
+    dataset: str
+    layer: str
+    params: dict
+    code_version: str
+    computed: str
+
+    def stamp(self) -> str:
+        """One line for figure captions and exports."""
+        w = (self.model.get("weights_sha256") or "none")[:12]
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return (f"model {self.model.get('name')} (weights {w}) · data {self.dataset} · layer {self.layer}"
+                f"{' · ' + params if params else ''} · code {self.code_version} · {self.computed}")
+
+
+def _prov(model_id: str, dataset: str, layer: str, params: dict) -> Provenance:
+    return Provenance(model_info(model_id), dataset, layer, dict(params), code_version(),
+                      time.strftime("%Y-%m-%d %H:%M"))
+
+
+def _cached(request: Any, fingerprints: Sequence[str], compute: Callable[[], Any]) -> Any:
+    return default_cache().get_or_compute(request, fingerprints, compute)
+
+
+@dataclass(frozen=True)
+class SelectivityRequest:
+    model: str
+    task: str
+    layer: str
+    num_thresholds: int = 100
+    shuffles: int = 3
+
+
+@dataclass
+class SelectivityResult:
+    """Fig. 1 / Appendix on the task's test split."""
+
+    aue: np.ndarray  # [F]
+    fraction: np.ndarray  # [F]
+    mean_aue: np.ndarray  # [F]
+    baseline_mean_aue: np.ndarray  # [S, F] selectivity curves of shuffled labels
+    class_names: tuple[str, ...]
+    provenance: Provenance
+
+
+def _single_labels(data: ImageSet) -> np.ndarray:
+    if data.multilabel:
+        raise InputError(f"{data.name} is multi-label; selectivity needs one label per item "
+                         "(use a DET-GT or scene task)")
+    return np.asarray(data.labels)
+
+
+def selectivity(model_id: str, task_id: str, layer: str, num_thresholds: int = 100, shuffles: int = 3,
+                progress: Progress | None = None) -> SelectivityResult:
+    t = task(task_id)
+    f = features(model_id, t.test, layer, progress=progress)
+    req = SelectivityRequest(model_id, task_id, layer, num_thresholds, shuffles)
+
+    def compute() -> SelectivityResult:
+        data = load_set(t.test)
+        labels = _single_labels(data)
+        arr = f.array()
+        a = analysis.aue(arr, labels, data.num_classes, num_thresholds)
+        frac, mean = analysis.selectivity_curve(a)
+        base = analysis.shuffled_label_aue(arr, labels, data.num_classes, seeds=range(shuffles),
+                                           num_thresholds=num_thresholds)
+        base_curves = np.stack([analysis.selectivity_curve(b)[1] for b in base]) if len(base) else base
+        return SelectivityResult(a, frac, mean, base_curves, data.class_names,
+                                 _prov(model_id, t.test, layer, {"thresholds": num_thresholds}))
+
+    return _cached(req, [f.fingerprint], compute)
+
+
+def entropy_curve(model_id: str, task_id: str, layer: str, filt: int, num_thresholds: int = 100) -> dict:
+    """One filter's entropy curve, thresholds and class histograms (cheap: one filter)."""
+    t = task(task_id)
+    data = load_set(t.test)
+    arr = np.asarray(features(model_id, t.test, layer).array()[:, filt], dtype=np.float64)
+    labels = _single_labels(data)
+    curve = analysis.entropy_curves(arr[:, None], labels, data.num_classes, num_thresholds)[0]
+    samples = arr.reshape(len(arr), -1)
+    thresholds = np.linspace(samples.min(), samples.max(), num_thresholds)
+    lab = np.repeat(labels, samples.shape[1])
+    flat = samples.ravel()
+    hist = np.stack([np.bincount(lab[flat >= th], minlength=data.num_classes) for th in thresholds])
+    return {"entropy": curve, "thresholds": thresholds, "histograms": hist, "class_names": data.class_names}
+
+
+@dataclass(frozen=True)
+class FilterAPRequest:
+    model: str
+    task: str
+    layer: str
+    shuffles: int = 3
+
+
+@dataclass
+class FilterAPResult:
+    """Sec. 4.1: per-class single-filter AP on spatially max-pooled responses."""
+
+    ap: np.ndarray  # [C, F]
+    prevalence: np.ndarray  # [C] AP of a random filter (= positive rate)
+    shuffled: np.ndarray  # [S, C, F]
+    class_names: tuple[str, ...]
+    provenance: Provenance
+
+    def top_filters(self, c: int, k: int = 5) -> np.ndarray:
+        return np.argsort(-self.ap[c], kind="stable")[:k]
+
+
+def filter_ap(model_id: str, task_id: str, layer: str, shuffles: int = 3,
+              progress: Progress | None = None) -> FilterAPResult:
+    t = task(task_id)
+    x, fp = pooled(model_id, t.test, layer, progress)
+    req = FilterAPRequest(model_id, task_id, layer, shuffles)
+
+    def compute() -> FilterAPResult:
+        data = load_set(t.test)
+        ap = analysis.class_filter_ap(x, data.labels, data.num_classes)
+        prevalence = data.label_matrix().mean(0)
+        sh = analysis.shuffled_label_ap(x, data.labels, data.num_classes, seeds=range(shuffles))
+        return FilterAPResult(ap, prevalence, sh, data.class_names,
+                              _prov(model_id, t.test, layer, {"pooling": "spatial max"}))
+
+    return _cached(req, [fp], compute)
+
+
+def pr_curves(model_id: str, task_id: str, layer: str, cls: int, filters: Sequence[int]) -> list[dict]:
+    """Precision-recall curves of chosen filters for one class (Fig. 3)."""
+    t = task(task_id)
+    x, _ = pooled(model_id, t.test, layer)
+    pos = load_set(t.test).positives(cls)
+    out = []
+    for f in filters:
+        p, r, _ = analysis.pr_curve(x[:, int(f)], pos)
+        out.append({"filter": int(f), "precision": p, "recall": r,
+                    "ap": float(analysis.filter_ap(x[:, [int(f)]], pos)[0])})
+    return out
+
+
+def top_activations(model_id: str, task_id: str, layer: str, filt: int, n: int = 8) -> dict:
+    """Indices of the test items that excite ``filt`` most, with their max response and spatial maps."""
+    t = task(task_id)
+    arr = features(model_id, t.test, layer).array()
+    col = np.asarray(arr[:, filt], dtype=np.float32)
+    score = col.reshape(len(col), -1).max(1)
+    idx = np.argsort(-score, kind="stable")[:n]
+    return {"indices": idx, "scores": score[idx], "maps": col[idx] if col.ndim == 3 else None}
+
+
+# ---- filters needed (Sec. 4.2) and overlap (Fig. 5)
+@dataclass(frozen=True)
+class RankingRequest:
+    model: str
+    task: str
+    layer: str
+
+
+def svm_ranking(model_id: str, task_id: str, layer: str, progress: Progress | None = None):
+    """Sec. 4.2 / Fig. 4 / Table 5: SVM-ranked filters and AP of nested top-k subsets."""
+    t = task(task_id)
+    xtr, fp_tr = pooled(model_id, t.train, layer, progress)
+    xte, fp_te = pooled(model_id, t.test, layer, progress)
+
+    def compute():
+        tr, te = load_set(t.train), load_set(t.test)
+        res = analysis.svm_filter_ranking(xtr, tr.labels, xte, te.labels, num_classes=tr.num_classes)
+        return {"result": res, "class_names": tr.class_names,
+                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"pooling": "spatial max"})}
+
+    return _cached(RankingRequest(model_id, task_id, layer), [fp_tr, fp_te], compute)
+
+
+@dataclass
+class FiltersNeededResult:
+    """Fig. 4 / Table 5 on one model and layer."""
+
+    ranking: Any  # analysis.FilterRankingResult
+    k50: np.ndarray  # [C]
+    k90: np.ndarray  # [C]
+    class_names: tuple[str, ...]
+    provenance: Provenance
+
+
+def filters_needed(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> FiltersNeededResult:
+    r = svm_ranking(model_id, task_id, layer, progress)
+    res = r["result"]
+    return FiltersNeededResult(res, analysis.filters_needed(res.k_values, res.ap_by_k, res.full_ap, 0.5),
+                               analysis.filters_needed(res.k_values, res.ap_by_k, res.full_ap, 0.9),
+                               r["class_names"], r["provenance"])
+
+
+@dataclass
+class OverlapResult:
+    """Fig. 5: top-k filter-set overlap between classes, |w|-ranked as in Sec. 4.2."""
+
+    matrix: np.ndarray  # [C, C]
+    order: np.ndarray  # class order from hierarchical clustering
+    chance: float
+    sets: np.ndarray  # [C, k]
+    k: int
+    class_names: tuple[str, ...]
+    provenance: Provenance
+
+
+def overlap(model_id: str, task_id: str, layer: str, k: int = 50, progress: Progress | None = None) -> OverlapResult:
+    r = svm_ranking(model_id, task_id, layer, progress)
+    importance = np.abs(r["result"].weights)
+    k = int(min(k, importance.shape[1]))
+    m = analysis.topk_overlap(importance, k)
+    return OverlapResult(m, cluster_order(m), analysis.overlap_chance(importance.shape[1], k),
+                         analysis.topk_sets(importance, k), k, r["class_names"], r["provenance"])
+
+
+def shared_filters(model_id: str, task_id: str, layer: str, i: int, j: int, k: int = 50) -> np.ndarray:
+    importance = np.abs(svm_ranking(model_id, task_id, layer)["result"].weights)
+    return analysis.shared_filters(importance, i, j, int(min(k, importance.shape[1])))
+
+
+def cluster_order(similarity: np.ndarray) -> np.ndarray:
+    """Leaf order of average-linkage clustering on ``1 - similarity`` (for heatmaps)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(similarity) < 3:
+        return np.arange(len(similarity))
+    d = 1.0 - (similarity + similarity.T) / 2
+    np.fill_diagonal(d, 0.0)
+    return leaves_list(linkage(squareform(np.clip(d, 0, None), checks=False), "average"))
+
+
+# ---- sparsity (Table 6) and ablations (Tables 7, 8)
+@dataclass(frozen=True)
+class SparsityRequest:
+    model: str
+    task: str
+    layers: tuple[str, ...]
+
+
+def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
+             progress: Progress | None = None) -> dict:
+    """Table 6: % non-zeros per layer (mean ± std over items) and per class."""
+    t = task(task_id)
+    layers = tuple(layers or layers_of(model_id))
+    feats = {l: features(model_id, t.test, l, progress=progress) for l in layers}
+
+    def compute() -> dict:
+        data = load_set(t.test)
+        rows, per_class = [], {}
+        for l, f in feats.items():
+            s = analysis.sparsity_summary(f.array())
+            rows.append({"layer": l, "mean": 100 * s["mean"], "std": 100 * s["std"]})
+            per_class[l] = 100 * analysis.class_nonzero_fraction(f.array(), data.labels, data.num_classes)
+        return {"table": rows, "per_class": per_class, "class_names": data.class_names,
+                "provenance": _prov(model_id, t.test, ",".join(layers), {})}
+
+    return _cached(SparsityRequest(model_id, task_id, layers), [f.fingerprint for f in feats.values()], compute)
+
+
+@dataclass(frozen=True)
+class AblationRequest:
+    model: str
+    task: str
+    layer: str
+    seeds: tuple[int, ...] = (0, 1, 2)
+    classifier: analysis.SVMConfig = TABLE_CLASSIFIER
+
+
+def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0, 1, 2),
+             progress: Progress | None = None) -> dict:
+    """Tables 7/8: linear-classifier mAP on original / binarize / sp-shuffle / sp-max features."""
+    t = task(task_id)
+    ftr = features(model_id, t.train, layer, progress=progress)
+    fte = features(model_id, t.test, layer, progress=progress)
+
+    def compute() -> dict:
+        tr, te = load_set(t.train), load_set(t.test)
+        res = analysis.ablation_study(np.asarray(ftr.array(), np.float32), tr.labels,
+                                      np.asarray(fte.array(), np.float32), te.labels,
+                                      num_classes=tr.num_classes, seeds=tuple(seeds), config=TABLE_CLASSIFIER)
+        return {"summary": list(res.summary), "runs": [{k: v for k, v in r.items() if k != "ap"} for r in res.runs],
+                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"seeds": list(seeds)})}
+
+    return _cached(AblationRequest(model_id, task_id, layer, tuple(seeds)), [ftr.fingerprint, fte.fingerprint],
+                   compute)
+
+
+# ---- per-layer linear mAP (Tables 1-4, Fig. 2)
+@dataclass(frozen=True)
+class LayerMapRequest:
+    model: str
+    task: str
+    layer: str
+    classifier: analysis.SVMConfig = TABLE_CLASSIFIER
+
+
+def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> dict:
+    """mAP (fraction) of per-class linear SVMs on one layer's features, train -> test split."""
+    t = task(task_id)
+    ftr = features(model_id, t.train, layer, progress=progress)
+    fte = features(model_id, t.test, layer, progress=progress)
+
+    def compute() -> dict:
+        tr, te = load_set(t.train), load_set(t.test)
+        res = analysis.linear_map(np.asarray(ftr.array(), np.float32), tr.labels,
+                                  np.asarray(fte.array(), np.float32), te.labels, num_classes=tr.num_classes,
+                                  config=TABLE_CLASSIFIER)
+        return {"map": res.map, "ap": res.ap, "class_names": tr.class_names}
+
+    return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute)
+
+
+def layer_map_table(model_ids: Sequence[str], task_id: str, layers: Sequence[str] | None = None,
+                    progress: Progress | None = None):
+    """DataFrame: rows = layers, columns = models, values = mAP in percent (Tables 1-4)."""
+    import pandas as pd
+
+    layers = list(layers or layers_of(model_ids[0]))
+    data = {m: [100 * layer_map(m, task_id, l, progress)["map"] for l in layers] for m in model_ids}
+    return pd.DataFrame(data, index=pd.Index(layers, name="layer"))
+
+
+def is_cached_layer_map(model_id: str, task_id: str, layer: str) -> bool:
+    """True when layer_map would answer from the cache (features extracted and result stored)."""
+    t = task(task_id)
+    lm = load_model(model_id)
+    fps = []
+    for split in (t.train, t.test):
+        f = extraction.load_features(lm, load_set(split), layer)
+        if f is None:
+            return False
+        fps.append(f.fingerprint)
+    return default_cache().contains(LayerMapRequest(model_id, task_id, layer), fps)
+
+
+def demo_variants() -> dict[str, list[str]]:
+    """Model ids grouped for the training-dynamics comparisons."""
+    ids = list(models())
+    return {"regimes": [m for m in ("demo:scratch", "demo:pretrained", "demo:finetuned") if m in ids],
+            "ft_vs_fc": [m for m in ("demo:finetuned", "demo:fc-finetuned") if m in ids],
+            "snapshots": [m for m in ids if m.startswith("demo:snapshot-")],
+            "ft_from": [m for m in ids if m.startswith("demo:finetuned-from-")] +
+                       (["demo:finetuned"] if "demo:finetuned" in ids else [])}
+
+
+def warm_demo(progress: Progress | None = None, tasks_to_warm: Sequence[str] = ("demo-detgt", "demo-cls")) -> None:
+    """Pre-compute the standard analyses of the demo so every page opens warm."""
+    groups = demo_variants()
+    main_models = ["demo:pretrained", "demo:finetuned"]
+    all_models = list(dict.fromkeys(main_models + groups["regimes"] + groups["ft_vs_fc"] + groups["ft_from"]
+                                    + groups["snapshots"]))
+    for t in tasks_to_warm:
+        spec = task(t)
+        for m in all_models:
+            extract_all(m, spec.train, layers_of(m), progress=progress)
+            extract_all(m, spec.test, layers_of(m), progress=progress)
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    for m in main_models:
+        for l in layers_of(m):
+            steps.append((f"selectivity {m} {l}", lambda m=m, l=l: selectivity(m, "demo-detgt", l)))
+        steps.append((f"filter AP {m}", lambda m=m: filter_ap(m, "demo-detgt", "conv5")))
+        steps.append((f"filters needed {m}", lambda m=m: filters_needed(m, "demo-detgt", "conv5")))
+        for t in tasks_to_warm:
+            steps.append((f"sparsity {m} {t}", lambda m=m, t=t: sparsity(m, t)))
+    for t in tasks_to_warm:
+        for m in all_models:
+            for l in layers_of(m):
+                steps.append((f"layer mAP {m} {l} {t}", lambda m=m, l=l, t=t: layer_map(m, t, l)))
+    for i, (label, fn) in enumerate(steps):
+        if progress:
+            progress(i, len(steps), f"caching analyses: {label}")
+        fn()
+    if progress:
+        progress(len(steps), len(steps), "caching analyses: done")
+
+
+def layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
+    from core.models import layer_shapes as _shapes
+
+    return _shapes(load_model(model_id))
+
+
+def cache_status(model_id: str, task_id: str) -> list[dict]:
+    """Which layers are extracted for the task's train/test splits."""
+    t = task(task_id)
+    return [{"layer": l, "train extracted": is_extracted(model_id, t.train, l),
+             "test extracted": is_extracted(model_id, t.test, l)} for l in layers_of(model_id)]
+
+
+def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrained",
+             task_id: str = "demo-detgt", progress: Progress | None = None) -> list[dict]:
+    """The paper's headline findings, checked on these models (uses cached analyses when present).
+
+    1. Selectivity rises with depth (Fig. 1): mean AuE of fc7 < conv1.
+    2. Fine-tuning changes fc6/fc7 selectivity most (Fig. 1).
+    3. Binarising conv5 costs little mAP (Table 7).
+    4. Distributed code (Table 5): most classes need several conv5 filters for 90% of full AP.
+    """
+    layers = layers_of(finetuned)
+    first, last = layers[0], layers[-1]
+    sel = {(m, l): float(selectivity(m, task_id, l, progress=progress).aue.mean())
+           for m in (pretrained, finetuned) for l in layers}
+    delta = {l: sel[(finetuned, l)] - sel[(pretrained, l)] for l in layers}
+    moved = sorted(layers, key=lambda l: -abs(delta[l]))[:2]
+    conv = "conv5" if "conv5" in layers else layers[len(layers) // 2]
+    abl = {r["ablation"]: r["mean"] for r in ablation(finetuned, task_id, conv, seeds=(0,), progress=progress)["summary"]}
+    need = filters_needed(finetuned, task_id, conv, progress=progress)
+    med90 = float(np.median(need.k90))
+    return [
+        {"finding": "Class selectivity rises with depth (Fig. 1)", "paper": "fc7 far more selective than conv1",
+         "this model": f"mean AuE {first} {sel[(finetuned, first)]:.3f} → {last} {sel[(finetuned, last)]:.3f} bits",
+         "holds": sel[(finetuned, last)] < sel[(finetuned, first)]},
+        {"finding": "Fine-tuning mostly changes fc6/fc7 (Fig. 1)", "paper": "only fc6, fc7 change noticeably",
+         "this model": "largest |ΔAuE|: " + ", ".join(f"{l} {delta[l]:+.3f}" for l in moved),
+         "holds": set(moved) <= {"fc6", "fc7"}},
+        {"finding": f"Binarising {conv} costs little (Table 7)", "paper": "conv5 65.6 → 60.8 mAP (-4.8)",
+         "this model": f"{100 * abl['original']:.1f} → {100 * abl['binarize']:.1f} mAP",
+         "holds": abl["original"] - abl["binarize"] < 0.08},
+        {"finding": "Distributed code: many filters needed (Table 5)", "paper": "~30-40 conv5 filters for 90%",
+         "this model": f"median k for 90% of full AP: {med90:.0f} of {need.ranking.ranking.shape[1]} filters",
+         "holds": med90 >= 5},
+    ]
+
+
+def first_layer_weights(model_id: str) -> np.ndarray:
+    """Weights of the first convolution ``[F, 3, k, k]`` (Fig. 2)."""
+    import torch
+
+    net = load_model(model_id).net
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.detach().cpu().numpy().astype(np.float32)
+
+
+def snapshot_table(task_id: str, layers: Sequence[str] | None = None, progress: Progress | None = None):
+    """Table 3: per-layer mAP (%) of each pretraining snapshot, no fine-tuning.
+
+    DataFrame indexed by pretraining iteration, one column per layer.
+    """
+    import pandas as pd
+
+    snaps = demo_variants()["snapshots"]
+    if not snaps:
+        raise DataMissingError("no pretraining snapshots: they exist for the embedded demo only")
+    layers = list(layers or layers_of(snaps[0]))
+    its = [int(m.rsplit("-", 1)[1]) for m in snaps]
+    rows = [[100 * layer_map(m, task_id, l, progress)["map"] for l in layers] for m in snaps]
+    return pd.DataFrame(rows, index=pd.Index(its, name="pretraining iteration"), columns=layers)
+
+
+def finetune_from_table(task_id: str, layer: str = "fc7", progress: Progress | None = None):
+    """Table 4: mAP (%) after fine-tuning from different pretraining snapshots (fixed ft length)."""
+    import pandas as pd
+
+    man = demo.manifest()
+    final = int(man["config"]["pretrain"]["iterations"])
+    ids = demo_variants()["ft_from"]
+    its = [int(m.rsplit("-", 1)[1]) if "from" in m else final for m in ids]
+    vals = [100 * layer_map(m, task_id, layer, progress)["map"] for m in ids]
+    return pd.DataFrame({"pretraining iterations before fine-tuning": its, f"{layer} mAP (%)": vals,
+                         "model": ids}).sort_values("pretraining iterations before fine-tuning")
+
+
+def training_curves() -> dict[str, list[float]]:
+    """Loss curves (subsampled) of every demo training run."""
+    return dict(demo.manifest().get("loss_curves", {}))
+
+
+def demo_summary() -> dict:
+    """Accuracy of the demo networks' own classifiers and build timings."""
+    man = demo.manifest()
+    return {"source_val_accuracy": man["pretrain"].get("source_val_accuracy"),
+            "source_val_accuracy_by_snapshot": man["pretrain"].get("source_val_accuracy_by_snapshot", {}),
+            "finetune": {k: v.get("target_detgt_test_accuracy") for k, v in man["finetune"].items()},
+            "seconds": man.get("seconds", {}), "profile": man["profile"], "built": man["built"]}

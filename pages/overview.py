@@ -1,0 +1,65 @@
+"""Overview: model and data with provenance, layer shapes, cache state, per-layer mAP, headline findings."""
+import pandas as pd
+import streamlit as st
+
+from core import figures, service
+from ui.common import computing, guard, model_label, short_label, sidebar
+
+sel = sidebar(layer=False, default_task="demo-detgt")
+task = service.task(sel.task)
+st.title("Filterscope")
+st.markdown(
+    "What did the filters of a CNN learn, and what changed when it was fine-tuned? Filterscope reproduces "
+    "Agrawal, Girshick & Malik, *Analyzing the Performance of Multilayer Neural Networks for Object "
+    "Recognition* (ECCV 2014) on any model and dataset. The pages on the left each reproduce one part of the paper."
+)
+
+with guard("the model summary"):
+    left, right = st.columns(2)
+    info = service.model_info(sel.model)
+    with left:
+        st.subheader(model_label(sel.model))
+        st.markdown(
+            f"- **Architecture:** `{info['arch']}` · {info['num_classes']} outputs · input {info['input_size']} px\n"
+            f"- **Weights:** {info['weights_source']}"
+            + (f" · `{info['weights_path']}`" if info.get("weights_path") else "")
+            + f"\n- **SHA-256:** `{(info.get('weights_sha256') or 'none')[:16]}…`"
+        )
+        shapes = service.layer_shapes(sel.model)
+        st.dataframe(pd.DataFrame([{"layer": k, "shape (C×H×W)": " × ".join(map(str, v)),
+                                    "filters": v[0]} for k, v in shapes.items()]),
+                     hide_index=True, width="stretch")
+    with right:
+        st.subheader(task.title)
+        tr, te = service.load_set(task.train), service.load_set(task.test)
+        st.markdown(
+            f"- **Paper analogue:** {task.paper or '—'}\n"
+            f"- **Train:** `{task.train}` · {len(tr)} items\n"
+            f"- **Test:** `{task.test}` · {len(te)} items · fingerprint `{te.fingerprint[:12]}`\n"
+            f"- **Classes ({te.num_classes}):** {', '.join(te.class_names)}"
+        )
+        st.dataframe(pd.DataFrame(service.cache_status(sel.model, sel.task)), hide_index=True, width="stretch")
+
+st.header("Per-layer linear classifier mAP")
+st.caption("Least-squares linear SVM per class on each layer's features, trained on the task's train split and "
+           "scored on its test split (the evaluation behind the paper's Tables 1-4).")
+with guard("the per-layer mAP table"):
+    ids = sel.models
+    df = computing("Computing per-layer mAP…", service.layer_map_table, ids, sel.task)
+    df.columns = [short_label(m) for m in ids]
+    fig = figures.layer_map_figure(df.round(1))
+    figures.apply_style(fig, title=None, caption=f"Tables 1-4 analogue · {task.title}",
+                        presentation=st.session_state.get("presentation", False))
+    st.plotly_chart(fig, key="overview_map")
+    st.dataframe(df.round(1), width="stretch")
+
+st.header("The paper's headline findings, checked on this model")
+if sel.task in ("demo-detgt",) or service.task(sel.task).kind in ("det-gt", "scene"):
+    pre = sel.compare or "demo:pretrained"
+    with guard("the findings"):
+        rows = computing("Checking findings…", service.findings, sel.model, pre, sel.task)
+        st.caption(f"Comparing {short_label(sel.model)} with {short_label(pre)} on {task.title}.")
+        st.dataframe(pd.DataFrame([{**r, "holds": "✅ yes" if r["holds"] else "❌ no"} for r in rows]),
+                     hide_index=True, width="stretch")
+else:
+    st.info("Findings are checked on single-label tasks (DET-GT crops or scenes); pick one in the sidebar.")

@@ -1,0 +1,67 @@
+"""Training dynamics: pretraining snapshots (Table 3, Fig. 2), regimes (Table 1), ft vs fc-ft (Table 2), Table 4."""
+import pandas as pd
+import streamlit as st
+
+from core import figures, service
+from ui.common import computing, guard, short_label, sidebar
+
+sel = sidebar(layer=False, compare=False, default_task="demo-cls")
+task = service.task(sel.task)
+pres = st.session_state.get("presentation", False)
+st.title("Training dynamics")
+st.markdown("How pretraining length, fine-tuning and training from scratch shape each layer "
+            "(paper Sec. 3). mAP: per-class linear classifiers on each layer's features, train → test split.")
+groups = service.demo_variants()
+
+
+def _style(fig, caption, stamp=None):
+    figures.apply_style(fig, title=None, caption=f"{caption} · {task.title}", stamp=stamp, presentation=pres)
+    return fig
+
+
+st.header("Pretraining snapshots (Table 3, Fig. 2)")
+with guard("the snapshot table"):
+    snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task)
+    st.plotly_chart(_style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3"), key="snapshots")
+    st.dataframe(snap.round(1), width="stretch")
+    its = list(snap.index)
+    it = st.select_slider("Snapshot (pretraining iteration)", options=its, value=its[-1], key="snap_it")
+    summary = service.demo_summary()
+    acc = summary["source_val_accuracy_by_snapshot"].get(str(it))
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        w = service.first_layer_weights(f"demo:snapshot-{it:05d}")
+        fig = figures.filter_grid_figure(w, title=f"conv1 filters after {it} iterations")
+        st.plotly_chart(_style(fig, "Reproduces Fig. 2"), key="conv1_grid")
+    with c2:
+        st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
+        st.dataframe(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), width="stretch")
+
+st.header("Scratch vs pretrained vs fine-tuned (Table 1)")
+with guard("the regimes table"):
+    ids = groups["regimes"]
+    df = computing("Per-layer mAP of each regime…", service.layer_map_table, ids, sel.task)
+    df.columns = [short_label(m) for m in ids]
+    st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), "Reproduces Table 1"), key="regimes")
+    st.dataframe(df.round(1), width="stretch")
+
+st.header("Fine-tuning all layers vs fc6-fc7 only (Table 2)")
+with guard("the ft vs fc-ft table"):
+    ids = groups["ft_vs_fc"]
+    df = computing("Per-layer mAP, ft vs fc-ft…", service.layer_map_table, ids, sel.task)
+    df.columns = [short_label(m) for m in ids]
+    st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), "Reproduces Table 2"), key="ftfc")
+    st.dataframe(df.round(1), width="stretch")
+
+st.header("Longer pretraining before fine-tuning (Table 4)")
+with guard("the Table 4 analogue"):
+    layer = st.selectbox("Layer", service.layers_of("demo:finetuned"), index=6, key="t4_layer")
+    t4 = computing("Fine-tuned from each snapshot…", service.finetune_from_table, sel.task, layer)
+    st.dataframe(t4, hide_index=True, width="stretch")
+
+with st.expander("Training loss curves and the networks' own accuracy"):
+    curves = service.training_curves()
+    st.line_chart(pd.DataFrame({k: pd.Series(v) for k, v in curves.items()}))
+    summary = service.demo_summary()
+    st.write({"source val accuracy (pretrained)": summary["source_val_accuracy"],
+              "target DET-GT test accuracy": summary["finetune"], "build seconds": summary["seconds"]})
