@@ -10,7 +10,8 @@ Decoding of uploads lives in :mod:`core.imageio` (never crashes on bad files).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import lru_cache
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from core.errors import InputError
 from core.extraction import capture_layers
 from core.imageio import decode_image, decode_many, image_fingerprint
 
-__all__ = ["decode_image", "decode_many", "ProbeResult", "probe", "reference_stats", "filter_classes"]
+__all__ = ["decode_image", "decode_many", "ProbeResult", "probe", "reference_stats", "filter_classes",
+           "signalled_classes", "prepare", "sample_images", "dataset_views", "dataset_names", "predicts_task"]
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -50,12 +53,27 @@ class ReferenceRequest:
     layer: str
 
 
-def reference_stats(model_id: str, task_id: str, layer: str) -> np.ndarray:
-    """Sorted pooled responses ``[N, F]`` of the task's test split (cached), for percentiles."""
+def reference_stats(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> np.ndarray:
+    """Sorted pooled responses ``[N, F]`` of the task's test split, for percentiles.
+
+    Cached on disk under the features' fingerprint and memoised in the process, so a
+    warm call costs a manifest read (the test set is pooled only on a cache miss).
+    The features are extracted first when missing (``progress`` reports it).
+    """
     t = service.task(task_id)
-    x, fp = service.pooled(model_id, t.test, layer)
-    return default_cache().get_or_compute(ReferenceRequest(model_id, task_id, layer), [fp],
-                                          lambda: np.sort(x, axis=0).astype(np.float32))
+    fp = service.features(model_id, t.test, layer, progress=progress).fingerprint
+    return _reference(model_id, task_id, layer, fp)
+
+
+@lru_cache(maxsize=32)
+def _reference(model_id: str, task_id: str, layer: str, fingerprint: str) -> np.ndarray:
+    def compute() -> np.ndarray:
+        x, _ = service.pooled(model_id, service.task(task_id).test, layer)
+        return np.sort(x, axis=0).astype(np.float32)
+
+    ref = default_cache().get_or_compute(ReferenceRequest(model_id, task_id, layer), [fingerprint], compute)
+    ref.setflags(write=False)
+    return ref
 
 
 def percentiles(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -108,7 +126,61 @@ def probe(model_id: str, task_id: str, layer: str, images: Sequence[tuple[str, I
 
 def filter_classes(model_id: str, task_id: str, layer: str, filt: int, k: int = 3) -> list[tuple[str, float]]:
     """The classes a filter signals best: its top single-filter APs (Sec. 4.1)."""
+    return signalled_classes(model_id, task_id, layer, [filt], k)[int(filt)]
+
+
+def signalled_classes(model_id: str, task_id: str, layer: str, filters: Sequence[int],
+                      k: int = 3) -> dict[int, list[tuple[str, float]]]:
+    """:func:`filter_classes` for several filters at once (one read of the AP table)."""
     res = service.filter_ap(model_id, task_id, layer)
-    col = res.ap[:, filt]
-    order = np.argsort(-col, kind="stable")[:k]
-    return [(res.class_names[c], float(col[c])) for c in order]
+    out = {}
+    for f in filters:
+        col = res.ap[:, int(f)]
+        out[int(f)] = [(res.class_names[c], float(col[c])) for c in np.argsort(-col, kind="stable")[:k]]
+    return out
+
+
+def prepare(model_ids: Sequence[str], task_id: str, layer: str, progress: Progress | None = None) -> None:
+    """Warm what a probe page needs: the reference statistics and the single-filter APs.
+
+    Extracts the test split's features first when they are missing (the slow part,
+    reported through ``progress``); afterwards probing is a forward pass.
+    """
+    for m in model_ids:
+        reference_stats(m, task_id, layer, progress=progress)
+        service.filter_ap(m, task_id, layer, progress=progress)
+
+
+def _item_name(data, i: int) -> str:
+    lab = data.labels[i]
+    names = [data.class_names[c] for c in np.flatnonzero(lab)] if data.multilabel else [data.class_names[int(lab)]]
+    return f"test #{i} ({', '.join(names[:2]) or 'no label'})"
+
+
+def sample_images(task_id: str, n: int = 4) -> list[tuple[str, Image.Image]]:
+    """A few images of the task's test split, spread over it, to probe without uploading.
+
+    Named ``"test #<index> (<class>)"``; deterministic for a task.
+    """
+    data = service.load_set(service.task(task_id).test)
+    idx = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
+    return [(_item_name(data, int(i)), data.image(int(i)).convert("RGB")) for i in idx]
+
+
+def dataset_views(model_id: str, task_id: str, indices: Sequence[int]) -> list[np.ndarray]:
+    """The network's view (uint8 ``[S, S, 3]``) of test items, aligned with their activation maps."""
+    lm = service.load_model(model_id)
+    data = service.load_set(service.task(task_id).test)
+    return [_network_view(data.image(int(i)), lm)[1] for i in indices]
+
+
+def dataset_names(task_id: str, indices: Sequence[int]) -> list[str]:
+    """``"test #<index> (<class>)"`` for test items of a task."""
+    data = service.load_set(service.task(task_id).test)
+    return [_item_name(data, int(i)) for i in indices]
+
+
+def predicts_task(model_id: str, task_id: str) -> bool:
+    """True when the model's classifier outputs exactly the task's classes (in order)."""
+    names = service.load_model(model_id).spec.class_names
+    return bool(names) and tuple(names) == tuple(service.load_set(service.task(task_id).test).class_names)

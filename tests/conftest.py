@@ -78,7 +78,10 @@ def plotly_figures(at) -> list[dict]:
         if isinstance(obj, dict):
             if set(obj) >= {"dtype", "bdata"}:
                 arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
-                return arr.reshape(obj["shape"]) if "shape" in obj and obj["shape"] else arr
+                shape = obj.get("shape")
+                if isinstance(shape, str):  # plotly writes e.g. "64, 64, 3"
+                    shape = [int(v) for v in shape.split(",")]
+                return arr.reshape(shape) if shape else arr
             return {k: decode(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [decode(v) for v in obj]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -80,11 +81,113 @@ def _init_from_url() -> None:
     st.session_state["_sel_init"] = True
 
 
+def preset(**values: str) -> None:
+    """Page defaults for sidebar choices not made yet (call before :func:`sidebar`).
+
+    E.g. ``preset(layer="conv5")`` on the Sec. 4 pages; a URL parameter or an earlier
+    choice in this session still wins.
+    """
+    for k, v in values.items():
+        if not st.session_state.get(f"sel_{k}"):
+            st.session_state[f"sel_{k}"] = str(v)
+
+
+def select_and_rerun(**values: str) -> None:
+    """Change sidebar choices from page code (e.g. a click on a chart) and rerun the page.
+
+    Sidebar widgets already exist in the current run, so the change is applied by
+    :func:`sidebar` at the start of the next run.
+    """
+    st.session_state["_sel_pending"] = {k: str(v) for k, v in values.items()}
+    st.rerun()
+
+
+def new_click(event: Any, key: str) -> dict | None:
+    """The first point selected in a chart event (``st.plotly_chart(on_select="rerun")``) when it
+    differs from the one handled in an earlier run, else None; ``key`` names the chart."""
+    points = list(event.selection.points) if event is not None else []
+    if not points:
+        st.session_state.pop(f"_click_{key}", None)  # clicking the same point later counts again
+        return None
+    p = dict(points[0])
+    sig = repr((p.get("curve_number"), p.get("point_index"), p.get("x"), p.get("y")))
+    if st.session_state.get(f"_click_{key}") == sig:
+        return None
+    st.session_state[f"_click_{key}"] = sig
+    return p
+
+
+def custom_value(point: dict, i: int = 0) -> Any:
+    """Item ``i`` of a clicked point's ``customdata`` (it comes back as a list, a dict or a scalar)."""
+    cd = point.get("customdata")
+    if isinstance(cd, dict):
+        return cd.get(str(i), cd.get(i))
+    return cd[i] if isinstance(cd, (list, tuple)) else cd
+
+
+def clickable(fig: Any) -> Any:
+    """Make a figure's points clickable for ``st.plotly_chart(on_select="rerun", selection_mode="points")``.
+
+    Streamlit reports clicks only on marker points: line-only scatter traces get invisible
+    markers (the clicked one shows), and each heatmap gets an invisible marker at every
+    cell centre carrying the cell's ``x``, ``y``, customdata and hover text (the heatmap's
+    own hover is switched off; the clicked cell shows a white ring). In place; returns ``fig``.
+    """
+    import re
+
+    import numpy as np
+
+    for tr in list(fig.data):
+        if tr.type == "scatter" and tr.mode == "lines" and tr.hoverinfo != "skip" and tr.fill in (None, "none"):
+            tr.update(mode="lines+markers", marker=dict(size=7, color=tr.line.color, opacity=0),
+                      selected=dict(marker=dict(opacity=1, size=13)), unselected=dict(marker=dict(opacity=0)))
+        elif tr.type == "heatmap" and tr.z is not None:
+            z = np.asarray(tr.z, dtype=float)
+            ny, nx = z.shape
+            xs = list(tr.x) if tr.x is not None else list(range(nx))
+            ys = list(tr.y) if tr.y is not None else list(range(ny))
+            cd = np.empty((ny, nx, 0), object) if tr.customdata is None else np.asarray(tr.customdata, object)
+            cd = cd[..., None] if cd.ndim == 2 else cd
+            k = cd.shape[-1]
+            custom = np.concatenate([cd, z[..., None].astype(object)], axis=-1).reshape(ny * nx, k + 1)
+            template = re.sub(r"%\{customdata(?!\[)", "%{customdata[0]", tr.hovertemplate or "%{x}, %{y}: %{z}")
+            template = template.replace("%{z", "%{customdata[" + str(k) + "]")
+            jj, ii = np.divmod(np.arange(ny * nx), nx)
+            fig.add_scatter(x=[xs[i] for i in ii], y=[ys[j] for j in jj], mode="markers", customdata=custom.tolist(),
+                            hovertemplate=template, showlegend=False, name=tr.name or "cells",
+                            xaxis=tr.xaxis, yaxis=tr.yaxis,
+                            marker=dict(symbol="circle-open", size=14, color="white", opacity=0,
+                                        line=dict(width=3, color="white")),
+                            selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)))
+            tr.update(hoverinfo="skip", hovertemplate=None)
+            fig.update_layout(hoverdistance=-1)
+            if all(isinstance(v, str) for v in xs + ys):  # keep the axes tight on the cells (no marker padding)
+                flip = fig.layout.yaxis.autorange == "reversed"
+                fig.update_xaxes(autorange=False, range=[-0.5, nx - 0.5])
+                fig.update_yaxes(autorange=False, range=[ny - 0.5, -0.5] if flip else [-0.5, ny - 0.5])
+    return fig
+
+
+def _apply_pending() -> None:
+    for k, v in (st.session_state.pop("_sel_pending", None) or {}).items():
+        st.session_state[f"sel_{k}"] = v
+        st.session_state[f"_force_{k}"] = v  # _pick sets the widget before it exists: the browser shows it too
+
+
 def _pick(label: str, key: str, options: Sequence[str], fmt: Callable[[str], str] = str, help: str | None = None) -> str:
     options = list(options)
     current = st.session_state.get(f"sel_{key}")
     index = options.index(current) if current in options else 0
-    value = st.sidebar.selectbox(label, options, index=index, format_func=fmt, key=f"w_{key}", help=help)
+    # One widget per list of labels: a selectbox whose labels change under the same key keeps
+    # showing the old label in the browser (e.g. class names after a change of task).
+    labels = "\x1f".join(fmt(o) for o in options)
+    wkey = f"w_{key}_{zlib.crc32(labels.encode()):08x}"
+    forced = st.session_state.pop(f"_force_{key}", None)
+    if forced in options:  # the value set here wins (passing index too would only log a warning)
+        st.session_state[wkey] = forced
+    # index always otherwise: a widget on another page is a new widget that starts from its index
+    pos = {} if forced in options else {"index": index}
+    value = st.sidebar.selectbox(label, options, **pos, format_func=fmt, key=wkey, help=help)
     st.session_state[f"sel_{key}"] = value
     return value
 
@@ -95,6 +198,7 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
     """Common controls (model, compare model, task, layer, class) kept in session state and the URL."""
     ensure_demo()
     _init_from_url()
+    _apply_pending()
     models = service.models()
     tasks = {k: t for k, t in service.tasks().items() if not task_kinds or t.kind in task_kinds}
     if default_model in models and "sel_model" not in st.session_state:
