@@ -39,6 +39,7 @@ class TrainConfig:
     freeze_conv: bool = False
     flip: bool = True
     snapshots: tuple[int, ...] = field(default=())
+    optimizer: str = "sgd"  # "sgd" (paper) or "adamw"
 
 
 def init_weights(net: nn.Module, seed: int) -> None:
@@ -59,6 +60,8 @@ def _optimizer(net: DemoAlexNet, cfg: TrainConfig) -> torch.optim.Optimizer:
             for p in getattr(net, name).parameters():
                 p.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -105,7 +108,7 @@ def train(net: DemoAlexNet, images: np.ndarray, labels: np.ndarray, cfg: TrainCo
         loss.backward()
         opt.step()
         sched.step()
-        curve.append(float(loss))
+        curve.append(float(loss.detach()))
         if progress and (it % 10 == 0 or it == cfg.iterations - 1):
             progress(it + 1, cfg.iterations, f"{desc}: loss {np.mean(curve[-20:]):.3f}")
     net.eval()

@@ -1,0 +1,70 @@
+"""One real-browser pass: start the server, open every page in headless Chromium, check it rendered."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+PAGES = ["overview", "selectivity", "precision-recall", "filters-needed", "overlap", "ablations", "training", "probe"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(demo_env):
+    port = _free_port()
+    env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit server did not start: " + proc.stderr.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_every_page_renders_in_chromium(server, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for name in PAGES:
+            page.goto(f"{server}/{name}", wait_until="domcontentloaded")
+            page.wait_for_selector("[data-testid='stSidebar']", timeout=120_000)
+            page.wait_for_selector("h1", timeout=120_000)
+            # wait until the script finished running (the running indicator disappears)
+            deadline = time.time() + 180
+            while time.time() < deadline and page.locator("[data-testid='stStatusWidget']").count():
+                time.sleep(0.5)
+            assert page.locator("[data-testid='stException']").count() == 0, f"{name}: exception shown"
+            page.screenshot(path=str(tmp_path / f"{name}.png"))
+        browser.close()
