@@ -168,6 +168,16 @@ def clickable(fig: Any) -> Any:
     return fig
 
 
+def widget_key(base: str, labels: Sequence[Any]) -> str:
+    """A widget key that changes with the widget's option labels.
+
+    A selectbox or multiselect whose options change under one key keeps showing (or
+    silently drops) the old choices in the browser, e.g. class names after a change of
+    task; a key per list of labels makes a fresh widget instead.
+    """
+    return f"{base}_{zlib.crc32(chr(31).join(map(str, labels)).encode()):08x}"
+
+
 def _apply_pending() -> None:
     for k, v in (st.session_state.pop("_sel_pending", None) or {}).items():
         st.session_state[f"sel_{k}"] = v
@@ -180,8 +190,7 @@ def _pick(label: str, key: str, options: Sequence[str], fmt: Callable[[str], str
     index = options.index(current) if current in options else 0
     # One widget per list of labels: a selectbox whose labels change under the same key keeps
     # showing the old label in the browser (e.g. class names after a change of task).
-    labels = "\x1f".join(fmt(o) for o in options)
-    wkey = f"w_{key}_{zlib.crc32(labels.encode()):08x}"
+    wkey = widget_key(f"w_{key}", [fmt(o) for o in options])
     forced = st.session_state.pop(f"_force_{key}", None)
     if forced in options:  # the value set here wins (passing index too would only log a warning)
         st.session_state[wkey] = forced

@@ -1,0 +1,56 @@
+"""Sec. 4.2 / Fig. 4 / Table 5: how many filters does a class need?"""
+import pandas as pd
+import streamlit as st
+
+from core import figures, service
+from ui.common import computing, guard, preset, short_label, sidebar, widget_key
+
+preset(layer="conv5")
+sel = sidebar(default_task="demo-detgt")
+task = service.task(sel.task)
+pres = st.session_state.get("presentation", False)
+st.title("How many filters does a class need? (Fig. 4, Table 5)")
+st.markdown(
+    "For each class, a linear SVM on all filters of the layer ranks the filters by the magnitude of their "
+    "weight |w|; new SVMs are then trained on the top-k filters only, for growing k (Sec. 4.2). Each curve "
+    "is the test AP with k filters as a fraction of the AP with all of them. A curve that rises after one or "
+    "two filters is a class with grandmother-cell-like filters; most classes need tens of filters, i.e. the "
+    "representation is a **distributed code**. Markers (and the table) give the k that reaches 50% (circle) "
+    "and 90% (square) of the complete performance, as in Table 5; in compare mode the second model is dashed."
+)
+
+with guard("the filters-needed curves"):
+    res = {m: computing(f"Ranking {sel.layer} filters with per-class SVMs · {short_label(m)}…",
+                        service.filters_needed, m, sel.task, sel.layer) for m in sel.models}
+    main = res[sel.model]
+    names = list(main.class_names)
+    chosen = st.multiselect("Classes", names, default=names, key=widget_key("fn_classes", names))
+    if not chosen:
+        st.info("Pick at least one class.")
+    else:
+        r = main.ranking
+        compare = None
+        if sel.compare:
+            rc = res[sel.compare].ranking
+            compare = {"ap_by_k": rc.ap_by_k, "full_ap": rc.full_ap, "k_values": rc.k_values,
+                       "label": short_label(sel.compare)}
+        fig = figures.filters_needed_figure(r.k_values, r.ap_by_k, r.full_ap, names, k50=main.k50, k90=main.k90,
+                                            classes=chosen, compare=compare, ranking=r.ranking,
+                                            label=short_label(sel.model) if sel.compare else "")
+        figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 4 · {sel.layer} · {task.title} "
+                                                     "(train → test split)",
+                            stamp=main.provenance.stamp(), presentation=pres)
+        st.plotly_chart(fig, key="fn_curves", theme=None)
+
+    st.subheader("Filters needed for 50% / 90% of the complete performance (Table 5)")
+    rows = {(short_label(m), level): list(getattr(res[m], attr)) for level, attr in (("50%", "k50"), ("90%", "k90"))
+            for m in sel.models}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "perf."])
+    st.dataframe(table, width="stretch")
+    ks = main.ranking.k_values
+    st.caption(f"k out of {int(ks[-1])} {sel.layer} filters; subset sizes tried: "
+               f"{', '.join(str(int(k)) for k in ks)}.")
+    full = pd.DataFrame({short_label(m): res[m].ranking.full_ap for m in sel.models}, index=names).T
+    st.markdown("**Complete performance** (test AP of the SVM on all filters, per class)")
+    st.dataframe(full.round(3), width="stretch")
