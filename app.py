@@ -1,21 +1,25 @@
 """Filterscope: navigation only. Each page is a thin file under pages/."""
 import streamlit as st
 
-st.set_page_config(page_title="Filterscope", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="Filterscope", page_icon=":material/biotech:", layout="wide")
 
 PAGES = {
     "Results": [
-        st.Page("pages/overview.py", title="Overview", icon="🏠", url_path="overview", default=True),
-        st.Page("pages/selectivity.py", title="Selectivity", icon="📉", url_path="selectivity"),
-        st.Page("pages/precision_recall.py", title="Precision-recall", icon="🎯", url_path="precision-recall"),
-        st.Page("pages/filters_needed.py", title="Filters needed", icon="🔢", url_path="filters-needed"),
-        st.Page("pages/overlap.py", title="Overlap", icon="🧩", url_path="overlap"),
-        st.Page("pages/sparsity_ablations.py", title="Sparsity & ablations", icon="✂️", url_path="ablations"),
-        st.Page("pages/training_dynamics.py", title="Training dynamics", icon="⏱️", url_path="training"),
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
+        st.Page("pages/selectivity.py", title="Selectivity", icon=":material/stacked_line_chart:", url_path="selectivity"),
+        st.Page("pages/precision_recall.py", title="Precision-recall", icon=":material/target:", url_path="precision-recall"),
+        st.Page("pages/filters_needed.py", title="Filters needed", icon=":material/format_list_numbered:", url_path="filters-needed"),
+        st.Page("pages/overlap.py", title="Overlap", icon=":material/join_inner:", url_path="overlap"),
+        st.Page("pages/sparsity_ablations.py", title="Sparsity & ablations", icon=":material/content_cut:", url_path="ablations"),
+        st.Page("pages/training_dynamics.py", title="Training dynamics", icon=":material/timeline:", url_path="training"),
     ],
     "Explore": [
-        st.Page("pages/probe.py", title="Probe your images", icon="🔍", url_path="probe"),
+        st.Page("pages/probe.py", title="Probe your images", icon=":material/image_search:", url_path="probe"),
     ],
 }
 
-st.navigation(PAGES, position="sidebar").run()
+nav = st.navigation(PAGES, position="sidebar")
+st.session_state["_via_app"] = True
+if goto := st.session_state.pop("_goto", None):  # a deep link that arrived before navigation existed
+    st.switch_page(goto, query_params=st.query_params.to_dict())
+nav.run()

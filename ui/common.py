@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 import logging
 import zlib
 from dataclasses import dataclass
@@ -201,10 +203,27 @@ def _pick(label: str, key: str, options: Sequence[str], fmt: Callable[[str], str
     return value
 
 
+def route_through_app(page_file: str) -> None:
+    """Deep links on a fresh server: Streamlit then runs a page file without app.py (old
+    folder-based navigation). Send the request through app.py, which forwards it back here
+    with the query parameters, so permalinks always get the real navigation and layout."""
+    if st.session_state.get("_via_app") or not page_file:
+        return
+    st.session_state["_goto"] = f"pages/{Path(page_file).name}"
+    st.switch_page("app.py", query_params=st.query_params.to_dict())
+
+
+def presentation_toggle() -> bool:
+    """Large fonts and thick lines on every figure (for projectors)."""
+    return st.sidebar.toggle("Presentation mode", key="presentation",
+                             help="Large fonts and thick lines on every figure, for lab meetings.")
+
+
 def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
             task_kinds: Sequence[str] | None = None, default_model: str = "demo:finetuned",
             default_compare: str = "demo:pretrained", default_task: str | None = None) -> Selection:
     """Common controls (model, compare model, task, layer, class) kept in session state and the URL."""
+    route_through_app(sys._getframe(1).f_globals.get("__file__", ""))
     ensure_demo()
     _init_from_url()
     _apply_pending()
@@ -237,6 +256,7 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
             st.query_params[k] = v
         elif k in st.query_params:
             del st.query_params[k]
+    presentation_toggle()
     return Selection(model, task_id, chosen_layer, cmp_model, c)
 
 
