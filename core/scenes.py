@@ -3,7 +3,7 @@
 Reproduces: the data roles of Agrawal, Girshick & Malik (ECCV 2014), Sec. 2.1-2.3.
 A network is pre-trained on a large *source* task (ImageNet's role: many classes, one
 dominant object per image), fine-tuned on a small *target* task (PASCAL's role: a few
-classes, 1-4 boxed objects per image, image-level multi-labels, DET-GT box crops) and
+classes, 1-4 boxed objects per image, image-level multi-labels; core.demo cuts the DET-GT box crops) and
 evaluated on a *scene* task (SUN-CLS's role: classes defined by layout, not objects).
 
 Deviations from the paper: nothing is downloaded; images are 64x64 procedural renders
@@ -227,20 +227,6 @@ class TargetScenes:
     @property
     def num_boxes(self) -> int:
         return int(sum(len(b) for b in self.boxes))
-
-
-@dataclass
-class BoxCrops:
-    """DET-GT view: one context-padded, resized crop per ground-truth box."""
-
-    crops: np.ndarray        # uint8 [M, out, out, 3]
-    labels: np.ndarray       # int64 [M]
-    image_index: np.ndarray  # int64 [M]
-    boxes: np.ndarray        # float32 [M, 4], the ground-truth boxes (before padding)
-    difficult: np.ndarray    # bool [M]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 # --------------------------------------------------------------------------- randomness
@@ -1097,103 +1083,6 @@ SCENE_DESCRIPTIONS = {
     "road": "sky, grass and a road in perspective with a dashed centre line; objects on the road",
     "snowfield": "pale snow with dark rock patches; objects anywhere",
 }
-
-
-# --------------------------------------------------------------------------- DET-GT crops
-def crop_boxes(images: np.ndarray, boxes: list[np.ndarray], box_labels: list[np.ndarray],
-               out_size: int = 64, context: float = 0.0625, include_difficult: bool = False,
-               *, difficult: list[np.ndarray] | None = None) -> BoxCrops:
-    """DET-GT view: a crop of every ground-truth box, resized to ``out_size``.
-
-    Reproduces: the PASCAL-DET-GT box crops of Sec. 2 (R-CNN warping with context
-    padding). Each box is enlarged by ``context`` times its width / height on every side,
-    sampled bilinearly at ``out_size x out_size`` pixel centres (aspect ratio not kept,
-    as R-CNN's warp), with the image's mean colour outside the image.
-
-    Parameters
-    ----------
-    images : uint8 ``[N, H, W, 3]``.
-    boxes, box_labels : per image, float ``[k, 4]`` boxes (x1, y1, x2, y2; pixel edges)
-        and int ``[k]`` labels.
-    out_size : side of the crops.
-    context : padding per side as a fraction of the box size (R-CNN: 16 / 224).
-    include_difficult : keep boxes flagged in ``difficult`` (per image, bool ``[k]``).
-    difficult : optional flags; None means no box is difficult.
-
-    Returns
-    -------
-    BoxCrops, in image order then box order.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise InputError(f"crop_boxes: images must be [N, H, W, 3], got shape {images.shape}")
-    if len(boxes) != len(images) or len(box_labels) != len(images):
-        raise InputError(f"crop_boxes: {len(images)} images but {len(boxes)} box lists and "
-                         f"{len(box_labels)} label lists; pass one entry per image")
-    if out_size < 1 or context < 0:
-        raise InputError(f"crop_boxes: out_size must be >= 1 and context >= 0, got {out_size}, {context}")
-    sel_img, sel_box, sel_lab, sel_diff = [], [], [], []
-    for i in range(len(images)):
-        b = np.asarray(boxes[i], np.float32).reshape(-1, 4)
-        flags = np.zeros(len(b), bool) if difficult is None else np.asarray(difficult[i], bool)
-        keep = np.ones(len(b), bool) if include_difficult else ~flags
-        sel_img.append(np.full(int(keep.sum()), i, np.int64))
-        sel_box.append(b[keep])
-        sel_lab.append(np.asarray(box_labels[i], np.int64)[keep])
-        sel_diff.append(flags[keep])
-    idx = np.concatenate(sel_img) if sel_img else np.zeros(0, np.int64)
-    bxs = np.concatenate(sel_box) if sel_box else np.zeros((0, 4), np.float32)
-    crops = np.empty((len(idx), out_size, out_size, 3), np.uint8)
-    means = images.reshape(len(images), -1, 3).mean(1, dtype=np.float64) if len(images) else None
-    for s in range(0, len(idx), 128):
-        crops[s:s + 128] = _warp(images, means, idx[s:s + 128], bxs[s:s + 128], out_size, context)
-    return BoxCrops(crops, np.concatenate(sel_lab) if sel_lab else np.zeros(0, np.int64), idx, bxs,
-                    np.concatenate(sel_diff) if sel_diff else np.zeros(0, bool))
-
-
-def _axis_taps(lo: np.ndarray, hi: np.ndarray, out: int, limit: int):
-    """Bilinear taps of ``out`` pixel centres spread over ``[lo, hi)``, per box:
-    indices ``i0, i1`` (clipped) and weights ``w0, w1`` (0 for taps outside the image),
-    each ``[m, out]``."""
-    pos = lo[:, None] + (np.arange(out) + 0.5) * ((hi - lo) / out)[:, None] - 0.5
-    i0 = np.floor(pos)
-    w1 = pos - i0
-    i0 = i0.astype(np.int64)
-    i1 = i0 + 1
-    w0 = np.where((i0 >= 0) & (i0 < limit), 1.0 - w1, 0.0)
-    w1 = np.where((i1 >= 0) & (i1 < limit), w1, 0.0)
-    return np.clip(i0, 0, limit - 1), np.clip(i1, 0, limit - 1), w0, w1
-
-
-def _warp(images: np.ndarray, means: np.ndarray, idx: np.ndarray, boxes: np.ndarray,
-          out: int, context: float) -> np.ndarray:
-    """Context-padded bilinear crops for one chunk of boxes: uint8 ``[m, out, out, 3]``.
-
-    Separable gathers (rows, then columns) in float64, no BLAS: exact and identical on
-    every machine. The weight that falls outside the image goes to the mean colour.
-    """
-    m, (h, w) = len(idx), images.shape[1:3]
-    b = boxes.astype(np.float64)
-    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    x0, x1, wx0, wx1 = _axis_taps(b[:, 0] - context * bw, b[:, 2] + context * bw, out, w)
-    y0, y1, wy0, wy1 = _axis_taps(b[:, 1] - context * bh, b[:, 3] + context * bh, out, h)
-    img = images[idx]
-    mi = np.arange(m)[:, None]
-    rows = img[mi, y0] * wy0[:, :, None, None]  # [m, out, w, 3]
-    rows += img[mi, y1] * wy1[:, :, None, None]
-    mi, oi = mi[:, :, None], np.arange(out)[None, :, None]
-    res = rows[mi, oi, x0[:, None, :]] * wx0[:, None, :, None]  # [m, out, out, 3]
-    res += rows[mi, oi, x1[:, None, :]] * wx1[:, None, :, None]
-    outside = 1.0 - (wy0 + wy1)[:, :, None] * (wx0 + wx1)[:, None, :]
-    res += outside[..., None] * means[idx][:, None, None, :]
-    return np.clip(np.floor(res + 0.5), 0, 255).astype(np.uint8)
-
-
-def target_crops(scenes: TargetScenes, out_size: int = 64, context: float = 0.0625,
-                 include_difficult: bool = False) -> BoxCrops:
-    """:func:`crop_boxes` over a :class:`TargetScenes`, honouring its ``difficult`` flags."""
-    return crop_boxes(scenes.images, scenes.boxes, scenes.box_labels, out_size, context,
-                      include_difficult, difficult=scenes.difficult)
 
 
 # --------------------------------------------------------------------------- helpers

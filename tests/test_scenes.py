@@ -164,68 +164,6 @@ def test_object_box_covers_rendered_pixels(k):
             assert 0.7 * case["scale"] <= max(x2 - x1, y2 - y1) <= 2.2 * case["scale"]
 
 
-# --------------------------------------------------------------------------- crops
-def _reference_crop(image, box, out, context):
-    """Slow, obvious bilinear warp of one context-padded box (image mean outside)."""
-    h, w = image.shape[:2]
-    mean = image.reshape(-1, 3).astype(np.float64).mean(0)
-    x1, y1, x2, y2 = [float(v) for v in box]
-    bw, bh = x2 - x1, y2 - y1
-    x1, x2, y1, y2 = x1 - context * bw, x2 + context * bw, y1 - context * bh, y2 + context * bh
-
-    def pixel(r, c):
-        return image[r, c].astype(np.float64) if 0 <= r < h and 0 <= c < w else mean
-
-    res = np.zeros((out, out, 3))
-    for i in range(out):
-        sy = y1 + (i + 0.5) * (y2 - y1) / out - 0.5
-        for j in range(out):
-            sx = x1 + (j + 0.5) * (x2 - x1) / out - 0.5
-            r0, c0 = math.floor(sy), math.floor(sx)
-            fy, fx = sy - r0, sx - c0
-            res[i, j] = ((1 - fy) * (1 - fx) * pixel(r0, c0) + (1 - fy) * fx * pixel(r0, c0 + 1)
-                         + fy * (1 - fx) * pixel(r0 + 1, c0) + fy * fx * pixel(r0 + 1, c0 + 1))
-    return np.clip(np.floor(res + 0.5), 0, 255)
-
-
-def test_crop_boxes_matches_reference(target):
-    n = 6
-    crops = S.crop_boxes(target.images[:n], target.boxes[:n], target.box_labels[:n],
-                         out_size=24, context=0.125, include_difficult=True)
-    assert len(crops) == sum(len(b) for b in target.boxes[:n])
-    assert crops.crops.shape == (len(crops), 24, 24, 3) and crops.crops.dtype == np.uint8
-    for m in range(len(crops)):
-        i = crops.image_index[m]
-        ref = _reference_crop(target.images[i], crops.boxes[m], 24, 0.125)
-        assert np.abs(crops.crops[m].astype(int) - ref).max() <= 1
-    j = 0
-    for i in range(n):
-        for b, lab in zip(target.boxes[i], target.box_labels[i]):
-            assert np.array_equal(crops.boxes[j], b) and crops.labels[j] == lab
-            j += 1
-
-
-def test_crop_of_border_box_uses_mean_and_identity_crop():
-    img = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
-    whole = S.crop_boxes(img, [np.array([[0, 0, 16, 16]], np.float32)], [np.array([0])],
-                         out_size=16, context=0.0)
-    assert np.array_equal(whole.crops[0], img[0])  # unpadded full-size crop is the image
-    padded = S.crop_boxes(img, [np.array([[0, 0, 16, 16]], np.float32)], [np.array([0])],
-                          out_size=32, context=0.5)
-    mean = np.floor(img[0].reshape(-1, 3).mean(0) + 0.5)
-    assert np.abs(padded.crops[0, 0, 0].astype(int) - mean).max() <= 1
-
-
-def test_crop_difficult_filter(target):
-    easy = S.target_crops(target)
-    every = S.target_crops(target, include_difficult=True)
-    flags = np.concatenate(target.difficult)
-    assert len(every) == len(flags) and len(easy) == int((~flags).sum())
-    assert not easy.difficult.any() and every.difficult.sum() == flags.sum()
-    assert np.array_equal(np.sort(np.unique(easy.image_index)),
-                          np.flatnonzero([(~d).any() for d in target.difficult]))
-
-
 # --------------------------------------------------------------------------- class design
 def test_recipes_are_pairwise_distinct_and_confusable():
     for recs in (S.SOURCE_RECIPES, S.TARGET_RECIPES):
@@ -281,4 +219,3 @@ def test_zero_items():
     assert imgs.shape == (0, 64, 64, 3) and labels.shape == (0,)
     t = S.generate_target(0, 0)
     assert len(t) == 0 and t.image_labels.shape == (0, S.TARGET_CLASSES)
-    assert len(S.target_crops(t)) == 0
