@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import colorsys
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from multiprocessing import get_context
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -1153,54 +1151,3 @@ def describe() -> dict:
                            "rng = np.random.default_rng([seed, index, task tag])",
         },
     }
-
-
-# --------------------------------------------------------------------------- parallel
-_GENERATORS = {"source": generate_source, "target": generate_target, "scene": generate_scene_task}
-
-
-def _generate_chunk(task: str, n: int, seed: int, size: int, start: int, config: SceneConfig):
-    return _GENERATORS[task](n, seed, size, start, config=config)
-
-
-def generate_parallel(task: str, n: int, seed: int, *, workers: int = 2, size: int = 64,
-                      start: int = 0, config: SceneConfig = DEFAULT_CONFIG):
-    """Generate ``n`` items of ``task`` ("source", "target", "scene") in ``workers``
-    spawned processes; the result equals the single-process one byte for byte.
-
-    Worth it from a few thousand images (a spawned worker costs ~0.5 s to start). Spawned
-    workers re-import the caller's main module: scripts need the usual
-    ``if __name__ == "__main__":`` guard.
-    """
-    if task not in _GENERATORS:
-        raise InputError(f"unknown task {task!r}; choose one of {sorted(_GENERATORS)}")
-    _check_request(n, seed, size, start)
-    if workers <= 1 or n < 256:
-        return _generate_chunk(task, n, seed, size, start, config)
-    pieces = max(workers * 4, 1)
-    bounds = np.linspace(0, n, pieces + 1).astype(int)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_generate_chunk, task, int(b - a), seed, size, start + int(a), config)
-                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        parts = [f.result() for f in futures]
-    if task == "target":
-        return _target_scenes(np.concatenate([p.images for p in parts]),
-                              [b for p in parts for b in p.boxes],
-                              [b for p in parts for b in p.box_labels],
-                              [b for p in parts for b in p.difficult])
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def generate_source_parallel(n: int, seed: int, workers: int = 2, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`generate_source` in ``workers`` processes (see :func:`generate_parallel`)."""
-    return generate_parallel("source", n, seed, workers=workers, **kw)
-
-
-def generate_target_parallel(n: int, seed: int, workers: int = 2, **kw) -> TargetScenes:
-    """:func:`generate_target` in ``workers`` processes (see :func:`generate_parallel`)."""
-    return generate_parallel("target", n, seed, workers=workers, **kw)
-
-
-def generate_scene_task_parallel(n: int, seed: int, workers: int = 2, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`generate_scene_task` in ``workers`` processes (see :func:`generate_parallel`)."""
-    return generate_parallel("scene", n, seed, workers=workers, **kw)

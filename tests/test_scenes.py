@@ -63,14 +63,6 @@ def test_different_seeds_and_tasks_differ():
     assert len({row.tobytes() for row in imgs}) == 30
 
 
-def test_parallel_equals_serial():
-    par = S.generate_target_parallel(256, 11, workers=2)
-    ser = S.generate_target(256, 11)
-    assert np.array_equal(par.images, ser.images)
-    assert all(np.array_equal(x, y) for x, y in zip(par.boxes, ser.boxes))
-    assert np.array_equal(par.image_labels, ser.image_labels)
-
-
 # --------------------------------------------------------------------------- shapes and ranges
 @pytest.mark.parametrize("size", [48, 64, 96])
 def test_shapes_and_dtypes(size):

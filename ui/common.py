@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core import demo, service
 from core.errors import FilterscopeError
@@ -210,7 +211,10 @@ def route_through_app(page_file: str) -> None:
     if st.session_state.get("_via_app") or not page_file:
         return
     st.session_state["_goto"] = f"pages/{Path(page_file).name}"
-    st.switch_page("app.py", query_params=st.query_params.to_dict())
+    try:
+        st.switch_page("app.py", query_params=st.query_params.to_dict())
+    except StreamlitAPIException:  # the page runs as its own entry script (e.g. in tests): stay
+        st.session_state.pop("_goto", None)
 
 
 def presentation_toggle() -> bool:
