@@ -2,8 +2,8 @@
 
 Several layers in one pass; conv maps stored whole ([N, C, H, W]) as float16 ``.npy``
 files (memory-mapped on read) written atomically (temp file + rename) with a JSON
-manifest carrying provenance. Memory stays bounded: each batch is written to the
-memmap as soon as it is computed, so datasets larger than RAM stream to disk.
+manifest carrying provenance. Memory stays bounded: each batch is appended to its
+file as soon as it is computed, so datasets larger than RAM stream to disk.
 """
 from __future__ import annotations
 
@@ -31,14 +31,32 @@ Progress = Callable[[int, int, str], None]
 
 
 # --------------------------------------------------------------------------- hooks
+#: Hook copies run in pieces of at most this many elements, below torch's intra-op grain
+#: size (32768): each piece runs in the calling thread. A 2-thread copy waits for the
+#: second thread, which costs 5-20x the copy itself when another process holds that core.
+COPY_PIECE = 16384
+
+
+def _detached_copy(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous copy of ``out`` converted to ``dtype`` (pieces along the batch axis on CPU)."""
+    src = out.detach()
+    if src.device.type != "cpu" or src.dim() == 0 or src.numel() <= COPY_PIECE:
+        return src.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    dst = torch.empty(src.shape, dtype=dtype)
+    step = max(1, COPY_PIECE // max(1, src[0].numel()))
+    for i in range(0, len(src), step):
+        dst[i:i + step].copy_(src[i:i + step])
+    return dst
+
+
 @contextlib.contextmanager
 def capture_layers(loaded: LoadedModel, layers: Sequence[str],
                    dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Register forward hooks on ``layers``; yields a dict filled with each forward's outputs.
 
     Hooks are removed on exit, also when the body raises. Outputs are detached and
-    copied (torchvision's in-place ReLUs would otherwise alias them), converted to
-    ``dtype`` in the same copy when given.
+    copied (torchvision's in-place ReLUs would otherwise alias them), contiguous, and
+    converted to ``dtype`` in the same copy when given.
     """
     outputs: dict[str, torch.Tensor] = {}
     handles = []
@@ -47,7 +65,7 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str],
             module = loaded.module(layer)
 
             def hook(_m, _inp, out, _name=layer):
-                outputs[_name] = out.detach().to(dtype or out.dtype, copy=True)
+                outputs[_name] = _detached_copy(out, dtype or out.dtype)
 
             handles.append(module.register_forward_hook(hook))
         yield outputs
@@ -88,7 +106,20 @@ class _Transformed(torch.utils.data.Dataset):
 
 
 def uint8_to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float], size: int) -> torch.Tensor:
-    """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, size, size]`` (bilinear resize if needed)."""
+    """uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, size, size]`` (bilinear resize if needed).
+
+    The result is channels-last in memory (a permuted view of ``[B, H, W, 3]``).
+    """
+    images = np.asarray(images)
+    if images.shape[1] == size and images.shape[2] == size:
+        # Same float32 operations as the torch code below, bit for bit, in numpy: single
+        # threaded, so they never wait on a second core that another process is using.
+        x = images.astype(np.float32)
+        rows = x.reshape(-1, size * 3)           # per-channel constants tiled along a row
+        rows /= np.float32(255.0)
+        rows -= np.tile(np.asarray(mean, dtype=np.float32), size)
+        rows /= np.tile(np.asarray(std, dtype=np.float32), size)
+        return torch.from_numpy(x).permute(0, 3, 1, 2)
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -184,34 +215,58 @@ def _provenance(loaded: LoadedModel, data: ImageSet, device: torch.device) -> di
             "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+class _NpyWriter:
+    """Appends batches to a new float16 ``.npy`` file of known shape, in order.
+
+    Plain sequential writes: filling a fresh memmap page by page costs a page fault
+    per 4 KiB, several times the price of the copy itself on small VMs.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape, self.rows = path, shape, 0
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.fh, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+            "fortran_order": False, "shape": shape})
+
+    def write(self, start: int, batch: np.ndarray) -> None:
+        if start != self.rows or batch.shape[1:] != self.shape[1:] or batch.dtype != np.float16:
+            raise CacheCorruptError(f"batch at {start} ({batch.dtype} {batch.shape}) does not continue "
+                                    f"{self.path.name} ({self.rows} rows of {self.shape})")
+        self.fh.write(np.ascontiguousarray(batch).data)
+        self.rows += len(batch)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directory: Path, device: torch.device,
                  batch_size: int, num_workers: int | None, progress: Progress | None) -> dict[str, Path]:
     n = len(data)
     net = loaded.net.to(device).eval()
     amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    tmp: dict[str, Path] = {}
-    mms: dict[str, np.ndarray] = {}
+    writers: dict[str, _NpyWriter] = {}
     done = 0
-    with torch.inference_mode(), capture_layers(loaded, layers, torch.float16) as outs:
-        for start, x in iter_batches(loaded, data, batch_size, device, num_workers):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                net(x)
-            for layer in layers:
-                out = outs[layer]
-                if layer not in mms:
-                    tmp[layer] = directory / f".{layer}.npy.tmp-{os.getpid()}"
-                    mms[layer] = np.lib.format.open_memmap(tmp[layer], mode="w+", dtype=np.float16,
-                                                           shape=(n, *out.shape[1:]))
-                mms[layer][start:start + len(out)] = out.cpu().numpy()
-            done = start + len(x)
-            if progress:
-                progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
+    try:
+        with torch.inference_mode(), capture_layers(loaded, layers, torch.float16) as outs:
+            for start, x in iter_batches(loaded, data, batch_size, device, num_workers):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                    net(x)
+                for layer in layers:
+                    out = outs[layer].cpu().numpy()
+                    if layer not in writers:
+                        writers[layer] = _NpyWriter(directory / f".{layer}.npy.tmp-{os.getpid()}", (n, *out.shape[1:]))
+                    writers[layer].write(start, out)
+                done = start + len(x)
+                if progress:
+                    progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
+    finally:
+        for w in writers.values():
+            w.close()
     if done != n:
         raise CacheCorruptError(f"extraction produced {done} of {n} items")
-    for mm in mms.values():
-        mm.flush()
-    return tmp
+    return {layer: w.path for layer, w in writers.items()}
 
 
 def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, device: str = "auto",

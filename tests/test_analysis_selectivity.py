@@ -200,3 +200,82 @@ def test_entropy_curves_rejects_bad_input(bad):
     kw.update(bad)
     with pytest.raises(InputError):
         analysis.entropy_curves(**kw)
+
+
+# ---------------------------------------------------------------- float16 fast path
+def fp16_data(seed: int, n: int = 40, hw: int = 3, num_classes: int = 4) -> tuple:
+    """float16 responses with every awkward case, one per filter: ReLU ties and exact
+    zeros, a dead filter, signed values, all-negative, -0.0 mixed with +0.0, only -0.0,
+    a constant, subnormals, values near float16's maximum."""
+    rng = np.random.default_rng(seed)
+    g = lambda: rng.normal(size=(n, hw, hw))                      # noqa: E731
+    cols = [np.round(np.maximum(g(), 0), 1), np.zeros((n, hw, hw)), g() * 3, -np.abs(g()) - 0.5,
+            np.where(g() > 0, np.round(g(), 2), -0.0), np.full((n, hw, hw), -0.0),
+            np.full((n, hw, hw), 2.5), g() * 1e-6, np.clip(np.round(g() * 3e4, -2), -65000, 65000)]
+    x = np.stack(cols, axis=1).astype(np.float16)
+    return x, rng.integers(0, num_classes, n)
+
+
+@pytest.fixture()
+def fp16_always(monkeypatch):
+    """Route every float16 input through the fast path, however small."""
+    import core.analysis.selectivity as sel
+    monkeypatch.setattr(sel, "FP16_MIN_SAMPLES", 0)
+
+
+@pytest.mark.parametrize("seed,num_thresholds", [(0, 100), (1, 7), (2, 2)])
+def test_fp16_path_matches_float64_reference(fp16_always, seed, num_thresholds):
+    x, y = fp16_data(seed)
+    assert np.signbit(x[:, 5]).all() and (x[:, 4] == 0).any()
+    got = analysis.entropy_curves(x, y, 4, num_thresholds)
+    want = ref_entropy_curves(x, y, 4, num_thresholds)            # float64 comparisons
+    assert np.abs(got - want).max() <= 1e-6
+    a = analysis.aue(x, y, 4, num_thresholds)
+    assert np.abs(a - ref_aue(want)).max() <= 1e-6
+
+
+def test_fp16_path_is_taken_and_equals_float32_exactly(monkeypatch):
+    import core.analysis.selectivity as sel
+    calls = []
+    real = sel._fp16_curves
+    monkeypatch.setattr(sel, "_fp16_curves", lambda *a: calls.append(1) or real(*a))
+    for seed, c, t in [(3, 12, 100), (4, 3, 10), (5, 20, 33), (6, 100, 100)]:  # last: int32 bins
+        x, y = fp16_data(seed, n=220, hw=9, num_classes=c)         # 17820 samples per filter
+        assert x.shape[0] * 81 >= sel.FP16_MIN_SAMPLES
+        fast = analysis.entropy_curves(x, y, c, t)
+        n_calls = len(calls)
+        slow = analysis.entropy_curves(x.astype(np.float32), y, c, t)
+        assert len(calls) == n_calls                              # float32: general path
+        assert np.array_equal(fast, slow)
+    assert len(calls) == 4
+
+
+def test_fp16_inputs_torch_strided_memmap_and_threads(fp16_always, tmp_path):
+    x, y = fp16_data(7)
+    want = analysis.entropy_curves(x.astype(np.float64), y, 4, 20)
+    np.save(tmp_path / "x.npy", x)
+    big = np.repeat(x, 2, axis=1)                                 # strided views below
+    variants = [torch.from_numpy(x), torch.from_numpy(big)[:, ::2], big[:, ::2],
+                np.load(tmp_path / "x.npy", mmap_mode="r")]
+    for v in variants:
+        assert np.array_equal(analysis.entropy_curves(v, y, 4, 20), want)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert np.array_equal(analysis.entropy_curves(x, y, 4, 20), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fp16_fc_layer_shape(fp16_always):
+    x, y = fp16_data(8, n=60, hw=1)
+    got = analysis.entropy_curves(x[:, :, 0, 0], y, 4, 15)
+    assert np.array_equal(got, analysis.entropy_curves(x[:, :, 0, 0].astype(np.float32), y, 4, 15))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_fp16_path_rejects_nan_and_inf(fp16_always, bad):
+    x, y = fp16_data(9)
+    x[3, 2, 1, 1] = bad
+    with pytest.raises(InputError, match="NaN or inf"):
+        analysis.aue(x, y, 4)

@@ -51,11 +51,50 @@ def _column_ap(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, ap, 0.0)
 
 
+def _tie_start(ascending: np.ndarray) -> np.ndarray:
+    """Index of the first element of each element's tie group, rows sorted ascending."""
+    start = np.zeros(ascending.shape, dtype=np.intp)
+    np.multiply(ascending[:, 1:] != ascending[:, :-1], np.arange(1, ascending.shape[1]),
+                out=start[:, 1:])
+    return np.maximum.accumulate(start, axis=1, out=start)
+
+
+def _shared_positives_ap(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """AP ``[M, C]`` of every column of ``scores [N, M]`` for every class of ``pos [N, C]``.
+
+    The number of :func:`_column_ap` (sklearn's AP), computed without a class axis over
+    all samples: with ``below_i = #{j: s_j < s_i}`` (one sort per column),
+    ``AP_c = mean over positives i of #{positives j: below_j >= below_i} / (N - below_i)``,
+    the precision at threshold ``s_i`` (tied scores form one threshold, as in sklearn).
+    Runs in numpy, whose vectorised sorts are about 10x faster than torch's on CPU.
+    """
+    rows = np.ascontiguousarray(as_numpy(scores).T)                # [M, N]
+    m, n = rows.shape
+    flat = np.argsort(rows, axis=1)
+    flat += (np.arange(m) * n)[:, None]                            # row-major positions
+    below = np.empty(m * n, dtype=np.intp)
+    below[flat] = _tie_start(rows.take(flat))
+    below = below.reshape(m, n)
+    p = as_numpy(pos)
+    out = np.zeros((m, p.shape[1]))
+    for c in range(p.shape[1]):
+        b = np.sort(below[:, p[:, c]], axis=1)                     # [M, P], pairs with s_i
+        if b.shape[1]:
+            hits = b.shape[1] - _tie_start(b)
+            out[:, c] = (hits / (n - b)).sum(1) / b.shape[1]
+    return torch.from_numpy(out).to(scores.device)
+
+
 def _scores_2d(scores: Any) -> torch.Tensor:
     s = as_torch(scores, name="scores")
     check_ndim(s, (2,), "scores", "[N, F] (flatten or spatially pool conv maps first)")
     if s.shape[0] == 0:
         raise InputError("scores has no samples (N = 0)")
+    if s.device.type == "cpu":   # numpy: single-threaded, no wait on a busy second core
+        s = torch.from_numpy(np.asarray(s.numpy(), dtype=np.float64))
+        if not np.isfinite(s.numpy()).all():
+            raise InputError("scores contains NaN or inf values; clean or drop them first")
+        return s
     s = s.to(torch.float64)
     check_finite(s, "scores")
     return s
@@ -66,8 +105,8 @@ def _ap_matrix(s: torch.Tensor, pos: torch.Tensor, chunk_elements: int) -> torch
     n, f = s.shape
     c = pos.shape[1]
     out = torch.empty(f, c, dtype=torch.float64, device=s.device)
-    for sl in plan_chunks(f, n * c, chunk_elements):
-        out[sl] = _column_ap(s[:, sl], pos[:, None, :])
+    for sl in plan_chunks(f, n, chunk_elements):
+        out[sl] = _shared_positives_ap(s[:, sl], pos)
     missing = int((~pos.any(0)).sum())
     if missing:
         warnings.warn(_NO_POSITIVES.format(what=f"{missing} of {c} classes"), UserWarning,

@@ -4,6 +4,9 @@ Reproduces: Appendix ("estimating a filter's discriminative capacity"), Sec. 3.2
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +43,153 @@ def _chunk_counts(x: torch.Tensor, lab: torch.Tensor, num_classes: int,
     hist = torch.bincount(bins.reshape(-1), minlength=fc * (num_thresholds + 1) * num_classes)
     hist = hist.reshape(fc, num_thresholds + 1, num_classes)[:, 1:]
     return hist.flip(1).cumsum(1).flip(1)
+
+
+def _entropy(counts: torch.Tensor) -> torch.Tensor:
+    """:func:`log2_entropy` of ``counts [..., C]``; in numpy for CPU tensors.
+
+    On a 2-core machine shared with other processes, each torch op that splits over two
+    threads (``log2`` does so from 2048 elements) waits ~10 ms for the second one; numpy
+    runs in this thread. Both CPU paths use this function, so their curves are identical.
+    """
+    if counts.device.type != "cpu":
+        return log2_entropy(counts)
+    c = counts.numpy().astype(np.float64)
+    p = c / np.maximum(c.sum(-1, keepdims=True), 1.0)
+    terms = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
+    return torch.from_numpy(-terms.sum(-1))
+
+
+# ------------------------------------------------------------------ float16 fast path
+# Stored features are float16, so each sample is one of 65536 bit patterns. Per filter, a
+# table maps every pattern to its bin (how many thresholds its float64 value reaches, and
+# the label) and one gather + one bincount over the samples give the class counts: the
+# same integers as the float64 path, hence identical curves. One filter at a time per
+# thread, in reused buffers (fresh large arrays cost page faults on every call).
+
+#: Below this many samples per filter the general float64 path is cheaper than building
+#: the per-filter tables.
+FP16_MIN_SAMPLES = 1 << 14
+#: Torch ops in the pool's threads stay below torch's intra-op grain size (32768
+#: elements) so they run in the calling thread: a parallel op started from several
+#: Python threads makes an OpenMP team per thread, and on a busy machine each such op
+#: waits ~10 ms for its second thread.
+SERIAL_PIECE = (1 << 15) - 1
+
+
+@lru_cache(maxsize=1)
+def _fp16_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tables over all 65536 float16 bit patterns ``u`` (read as uint16).
+
+    Returns ``value[u]`` (float64), ``okey[u]`` (the pattern's place in value order:
+    ``u + 0x8000`` for a clear sign bit, ``0xFFFF - u`` for a set one, so -0.0 and +0.0
+    are neighbours with equal values) and ``value_by_okey`` (non-decreasing; NaN patterns
+    become -inf/+inf at the ends, and are rejected before any lookup).
+    """
+    u = np.arange(1 << 16, dtype=np.int64)
+    value = u.astype(np.uint16).view(np.float16).astype(np.float64)
+    okey = np.where(u < 0x8000, u + 0x8000, 0xFFFF - u).astype(np.intp)
+    by_okey = np.empty(1 << 16)
+    by_okey[okey] = value
+    nan = np.isnan(by_okey)
+    by_okey[nan] = np.where(u[nan] < 0x8000, -np.inf, np.inf)
+    for t in (value, okey, by_okey):
+        t.setflags(write=False)
+    return value, okey, by_okey
+
+
+def _fp16_extremes(u: np.ndarray) -> tuple[int, int, int]:
+    """Patterns of the minimum and maximum value of ``u`` (uint16), and its largest pattern.
+
+    Clear-sign patterns grow with the value, set-sign ones shrink with it, so integer
+    reductions give both extremes. Raises :class:`InputError` on NaN/inf patterns
+    (exponent bits all set: 0x7C00-0x7FFF and 0xFC00-0xFFFF).
+    """
+    umin, umax = int(u.min()), int(u.max())
+    if umax < 0x8000:                  # no negative pattern: pattern order is value order
+        lo, hi, bad = umin, umax, umax >= 0x7C00
+    else:                              # umax is the negative of largest magnitude
+        smax = int(u.view(np.int16).max())
+        lo, hi = umax, (smax if smax >= 0 else umin)
+        bad = umax >= 0xFC00 or smax >= 0x7C00
+    if bad:
+        raise InputError("responses contains NaN or inf values; clean or drop them first")
+    return lo, hi, umax
+
+
+class _Fp16Filter:
+    """Reusable per-thread buffers and the per-filter computation."""
+
+    #: Consecutive samples go to this many interleaved histograms (fewer stalls on one counter).
+    LANES = 4
+
+    def __init__(self, shape: tuple[int, ...], labels: np.ndarray, num_classes: int,
+                 num_thresholds: int):
+        self.num_classes, self.num_thresholds = num_classes, num_thresholds
+        self.bins_total = self.LANES * (num_thresholds + 1) * num_classes
+        self.dtype = np.int16 if self.bins_total <= np.iinfo(np.int16).max else np.int32
+        self.samples = np.empty(shape, dtype=np.float16)
+        self.bins = np.empty((shape[0], int(np.prod(shape[1:]))), dtype=self.dtype)
+        lane = np.arange(self.bins.size).reshape(self.bins.shape) % self.LANES
+        self.offsets = (labels[:, None] + lane * ((num_thresholds + 1) * num_classes)).astype(self.dtype)
+        self.bin_by_okey = np.zeros(1 << 16, dtype=self.dtype)
+        self.table = np.empty(1 << 16, dtype=self.dtype)
+
+    def _bin_table(self, lo: int, hi: int, u_max: int) -> np.ndarray:
+        """``table[u]`` = (number of thresholds <= value of pattern ``u``) * C, for the
+        patterns up to ``u_max``; exact for the values in ``[value[lo], value[hi]]``."""
+        value, okey, by_okey = _fp16_tables()
+        thr = np.linspace(value[lo], value[hi], self.num_thresholds)  # == _thresholds
+        k = by_okey.searchsorted(thr, side="left")  # first value-ordered key >= each threshold
+        ok_lo, ok_hi = int(okey[lo]), int(okey[hi])  # the keys that occur lie in between
+        reached = self.bin_by_okey[ok_lo:ok_hi + 1]
+        reached.fill(0)
+        np.add.at(reached, np.maximum(k[k <= ok_hi] - ok_lo, 0), 1)
+        np.cumsum(reached, out=reached)
+        table = self.table[:u_max + 1]
+        # (mode="wrap" only avoids numpy's buffered out= copy; indices are in range)
+        self.bin_by_okey.take(okey[:u_max + 1], out=table, mode="wrap")
+        table *= self.num_classes
+        return table
+
+    def counts(self, column: np.ndarray) -> np.ndarray:
+        """Class counts ``[T, C]`` of samples ``>= threshold_t`` of one filter ``column [N, ...]``."""
+        np.copyto(self.samples, column)
+        u = self.samples.view(np.uint16).reshape(self.bins.shape)
+        self._bin_table(*_fp16_extremes(u)).take(u, out=self.bins, mode="wrap")
+        self.bins += self.offsets                                  # + label, + lane
+        flat = torch.from_numpy(self.bins).view(-1)
+        hist = torch.zeros(self.bins_total, dtype=torch.int64)
+        for i in range(0, flat.numel(), SERIAL_PIECE):  # see SERIAL_PIECE
+            hist += torch.bincount(flat[i:i + SERIAL_PIECE], minlength=self.bins_total)
+        hist = hist.view(self.LANES, self.num_thresholds + 1, self.num_classes).sum(0).numpy()
+        return hist[:0:-1].cumsum(0)[::-1]                         # samples >= threshold_t
+
+
+def _fp16_curves(r: torch.Tensor, lab: torch.Tensor, num_classes: int,
+                 num_thresholds: int) -> torch.Tensor:
+    """Entropy curves ``[F, T]`` of CPU float16 responses (see the section comment)."""
+    x = r.numpy()
+    f = x.shape[1]
+    local = threading.local()
+
+    def one(j: int) -> np.ndarray:
+        if not hasattr(local, "w"):
+            local.w = _Fp16Filter(x[:, 0].shape, lab.numpy(), num_classes, num_thresholds)
+        return local.w.counts(x[:, j])
+
+    nw = max(1, min(torch.get_num_threads(), f, 8))
+    if nw == 1:
+        counts = np.stack([one(j) for j in range(f)])
+    else:
+        with ThreadPoolExecutor(nw) as pool:
+            counts = np.stack(list(pool.map(one, range(f))))
+    return _entropy(torch.from_numpy(counts))
+
+
+def _use_fp16_path(r: torch.Tensor, samples_per_filter: int) -> bool:
+    return (r.dtype == torch.float16 and r.device.type == "cpu"
+            and samples_per_filter >= FP16_MIN_SAMPLES)
 
 
 def _as_samples(responses: Any) -> torch.Tensor:
@@ -81,19 +231,27 @@ def entropy_curves(responses: Any, labels: Any, num_classes: int,
     -----
     Deviation: the paper does not state the number or placement of thresholds; we use
     ``T`` evenly spaced thresholds between each filter's minimum and maximum response.
+
+    float16 responses on the CPU (the feature store's format) with at least
+    ``FP16_MIN_SAMPLES`` samples per filter take an exact fast path (a lookup table over
+    the 65536 bit patterns, one filter per thread at a time, ``torch.get_num_threads()``
+    threads); it gives the same numbers as the float64 path on the same values.
     """
     r = _as_samples(responses)
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
         raise InputError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
     n, f = r.shape[:2]
     hw = int(np.prod(r.shape[2:])) if r.ndim == 4 else 1
-    lab = int_labels(labels, n, num_classes, r.device).repeat_interleave(hw)
+    lab = int_labels(labels, n, num_classes, r.device)
+    if _use_fp16_path(r, n * hw):
+        return as_numpy(_fp16_curves(r, lab, num_classes, num_thresholds))
+    lab = lab.repeat_interleave(hw)
     out = torch.empty(f, num_thresholds, dtype=torch.float64, device=r.device)
     for sl in plan_chunks(f, n * hw, chunk_elements):
         x = r[:, sl].transpose(0, 1).reshape(sl.stop - sl.start, n * hw)
         x = x.to(torch.float64).contiguous()
         check_finite(x, "responses")
-        out[sl] = log2_entropy(_chunk_counts(x, lab, num_classes, num_thresholds))
+        out[sl] = _entropy(_chunk_counts(x, lab, num_classes, num_thresholds))
     return as_numpy(out)
 
 
