@@ -41,13 +41,6 @@ def tqdm_progress(desc: str = "") -> Iterator:
 def cmd_demo(args: argparse.Namespace) -> int:
     from core import demo, service
 
-    if args.dataset == "fashion-mnist":
-        from core import fashion_demo
-
-        with tqdm_progress() as cb:
-            info = fashion_demo.build(progress=cb, force=args.force)
-        print(f"Fashion-MNIST demo ready in {fashion_demo.demo_dir()}")
-        return 0
     already = demo.is_built(args.profile) and not args.force
     with tqdm_progress() as cb:
         info = demo.build(args.profile, progress=cb, force=args.force)
@@ -96,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="build the embedded demo (idempotent)")
     p.add_argument("--profile", default=None, help="full (default) or tiny ($FILTERSCOPE_DEMO)")
-    p.add_argument("--dataset", default="scenes", choices=["scenes", "fashion-mnist"])
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     p.add_argument("--no-warm", action="store_true", help="skip pre-computing the standard analyses")
     p.set_defaults(func=cmd_demo)

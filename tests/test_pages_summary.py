@@ -1,0 +1,59 @@
+"""AppTests of the Overview, Sparsity & ablations and Training dynamics pages (data held against the service)."""
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import app_test, plotly_figures
+
+
+def _no_errors(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_overview_renders_map_table_and_findings(demo_env):
+    from core import service
+    at = app_test("pages/overview.py")
+    _no_errors(at)
+    figs = plotly_figures(at)
+    assert len(figs) == 1
+    expected = service.layer_map_table(["demo:finetuned"], "demo-detgt")
+    y = np.asarray(figs[0]["data"][0]["y"], dtype=float)
+    np.testing.assert_allclose(y, expected.iloc[:, 0].round(1).to_numpy(), atol=1e-6)
+    assert any("finding" in df.value.columns for df in at.dataframe)
+
+
+def test_sparsity_and_ablation_follow_the_service(demo_env):
+    from core import service
+    at = app_test("pages/sparsity_ablations.py")
+    _no_errors(at)
+    figs = plotly_figures(at)
+    assert len(figs) == 2
+    task = at.query_params["task"][0] if isinstance(at.query_params["task"], list) else at.query_params["task"]
+    sp = service.sparsity("demo:finetuned", task)
+    means = [r["mean"] for r in sp["table"]]
+    ys = np.concatenate([np.asarray(t["y"], dtype=float) for t in figs[0]["data"] if t.get("y") is not None])
+    for m in means:
+        assert np.isclose(ys, m, atol=1e-6).any()
+    # fewer splits -> a different ablation result (widget changes the output)
+    before = at.get("plotly_chart")[1].proto.spec
+    at.slider(key="abl_seeds").set_value(1).run()
+    _no_errors(at)
+    assert at.get("plotly_chart")[1].proto.spec != before
+
+
+def test_training_dynamics_snapshots_and_regimes(demo_env):
+    from core import service
+    at = app_test("pages/training_dynamics.py")
+    _no_errors(at)
+    figs = plotly_figures(at)
+    assert len(figs) == 4  # Table 3, Fig. 2, Table 1, Table 2
+    task = at.query_params["task"][0] if isinstance(at.query_params["task"], list) else at.query_params["task"]
+    snap = service.snapshot_table(task).round(1)
+    conv1 = next(t for t in figs[0]["data"] if t.get("name") == "conv1")
+    np.testing.assert_allclose(np.asarray(conv1["y"], dtype=float), snap["conv1"].to_numpy(), atol=1e-6)
+    grid_before = at.get("plotly_chart")[1].proto.spec
+    its = list(snap.index)
+    at.select_slider(key="snap_it").set_value(its[0]).run()
+    _no_errors(at)
+    assert at.get("plotly_chart")[1].proto.spec != grid_before  # other snapshot -> other conv1 filters
