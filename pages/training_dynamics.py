@@ -37,21 +37,18 @@ with guard("the snapshot table"):
         st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
         st.dataframe(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), width="stretch")
 
-st.header("Scratch vs pretrained vs fine-tuned (Table 1)")
-with guard("the regimes table"):
-    ids = groups["regimes"]
-    df = computing("Per-layer mAP of each regime…", service.layer_map_table, ids, sel.task)
-    df.columns = [short_label(m) for m in ids]
-    st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), "Reproduces Table 1"), key="regimes")
-    st.dataframe(df.round(1), width="stretch")
+def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
+    """Per-layer mAP of several models as a figure and a table."""
+    st.header(header)
+    with guard(f"the {table} analogue"):
+        df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task)
+        df.columns = [short_label(m) for m in ids]
+        st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"), key=key)
+        st.dataframe(df.round(1), width="stretch")
 
-st.header("Fine-tuning all layers vs fc6-fc7 only (Table 2)")
-with guard("the ft vs fc-ft table"):
-    ids = groups["ft_vs_fc"]
-    df = computing("Per-layer mAP, ft vs fc-ft…", service.layer_map_table, ids, sel.task)
-    df.columns = [short_label(m) for m in ids]
-    st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), "Reproduces Table 2"), key="ftfc")
-    st.dataframe(df.round(1), width="stretch")
+
+_compare_table("Scratch vs pretrained vs fine-tuned (Table 1)", groups["regimes"], "Table 1", "regimes")
+_compare_table("Fine-tuning all layers vs fc6-fc7 only (Table 2)", groups["ft_vs_fc"], "Table 2", "ftfc")
 
 st.header("Longer pretraining before fine-tuning (Table 4)")
 with guard("the Table 4 analogue"):

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import plotly_figures
+
 from core import figures as F
 from core.errors import InputError
 from core.models import PAPER_LAYERS
@@ -278,24 +280,6 @@ def test_image_grid_normalize_each_scales_every_map_to_its_own_max():
 
 
 # --------------------------------------------------------------------------- the page
-def plotly_figures(at) -> list[dict]:
-    """Figure JSON of every chart on the page; typed arrays (``dtype``/``bdata``/``shape``) decoded."""
-    import base64
-
-    def decode(obj):
-        if isinstance(obj, dict):
-            if {"dtype", "bdata"} <= set(obj):
-                arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
-                shape = obj.get("shape")
-                if isinstance(shape, str):  # plotly writes e.g. "64, 64, 3"
-                    shape = [int(v) for v in shape.split(",")]
-                return arr.reshape(shape) if shape else arr
-            return {k: decode(v) for k, v in obj.items()}
-        return [decode(v) for v in obj] if isinstance(obj, list) else obj
-
-    return [decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
-
-
 def _page():
     from streamlit.testing.v1 import AppTest
 
