@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -331,15 +330,6 @@ def build_torchvision(arch: str, *, weights: str | os.PathLike | None = None,
     return LoadedModel(spec, net.eval())
 
 
-def available_layers(loaded: LoadedModel) -> list[str]:
-    """Every named module path a user may pick in addition to the defaults."""
-    return [n for n, _ in loaded.net.named_modules() if n]
-
-
-def count_parameters(net: nn.Module) -> int:
-    return int(sum(p.numel() for p in net.parameters()))
-
-
 def layer_shapes(loaded: LoadedModel, device: str = "cpu") -> dict[str, tuple[int, ...]]:
     """Output shape (without batch) of each analysable layer, from one dummy forward pass."""
     from core.extraction import capture_layers
@@ -348,8 +338,3 @@ def layer_shapes(loaded: LoadedModel, device: str = "cpu") -> dict[str, tuple[in
     with torch.no_grad(), capture_layers(loaded, list(loaded.spec.layers)) as store:
         loaded.net.to(device)(x)
     return {k: tuple(v.shape[1:]) for k, v in store.items()}
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)

@@ -418,12 +418,16 @@ class AblationRequest:
     classifier: analysis.SVMConfig = TABLE_CLASSIFIER
 
 
+def _split_features(model_id: str, task_id: str, layer: str, progress: Progress | None):
+    """The task and its train and test features of one layer (extracted on first use)."""
+    t = task(task_id)
+    return t, features(model_id, t.train, layer, progress=progress), features(model_id, t.test, layer, progress=progress)
+
+
 def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0, 1, 2),
              progress: Progress | None = None) -> dict:
     """Tables 7/8: linear-classifier mAP on original / binarize / sp-shuffle / sp-max features."""
-    t = task(task_id)
-    ftr = features(model_id, t.train, layer, progress=progress)
-    fte = features(model_id, t.test, layer, progress=progress)
+    t, ftr, fte = _split_features(model_id, task_id, layer, progress)
 
     def compute() -> dict:
         tr, te = load_set(t.train), load_set(t.test)
@@ -448,9 +452,7 @@ class LayerMapRequest:
 
 def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> dict:
     """mAP (fraction) of per-class linear SVMs on one layer's features, train -> test split."""
-    t = task(task_id)
-    ftr = features(model_id, t.train, layer, progress=progress)
-    fte = features(model_id, t.test, layer, progress=progress)
+    t, ftr, fte = _split_features(model_id, task_id, layer, progress)
 
     def compute() -> dict:
         tr, te = load_set(t.train), load_set(t.test)
@@ -470,19 +472,6 @@ def layer_map_table(model_ids: Sequence[str], task_id: str, layers: Sequence[str
     layers = list(layers or layers_of(model_ids[0]))
     data = {m: [100 * layer_map(m, task_id, l, progress)["map"] for l in layers] for m in model_ids}
     return pd.DataFrame(data, index=pd.Index(layers, name="layer"))
-
-
-def is_cached_layer_map(model_id: str, task_id: str, layer: str) -> bool:
-    """True when layer_map would answer from the cache (features extracted and result stored)."""
-    t = task(task_id)
-    lm = load_model(model_id)
-    fps = []
-    for split in (t.train, t.test):
-        f = extraction.load_features(lm, load_set(split), layer)
-        if f is None:
-            return False
-        fps.append(f.fingerprint)
-    return default_cache().contains(LayerMapRequest(model_id, task_id, layer), fps)
 
 
 def demo_variants() -> dict[str, list[str]]:
