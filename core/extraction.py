@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,10 +307,6 @@ def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, devic
 def load_features(loaded: LoadedModel, data: ImageSet, layer: str, root: Path | None = None) -> LayerFeatures | None:
     """Stored features of one layer, or ``None`` when not extracted yet."""
     return open_layer(features_dir(loaded, data, root), layer)
-
-
-def drop_features(loaded: LoadedModel, data: ImageSet, root: Path | None = None) -> None:
-    shutil.rmtree(features_dir(loaded, data, root), ignore_errors=True)
 
 
 def forward_throughput(loaded: LoadedModel, batches: list[torch.Tensor], device: torch.device) -> float:
