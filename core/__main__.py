@@ -41,6 +41,10 @@ def tqdm_progress(desc: str = "") -> Iterator:
 def cmd_demo(args: argparse.Namespace) -> int:
     from core import demo, service
 
+    if args.profile:  # the warm step and the app read the profile from the environment
+        import os
+
+        os.environ["FILTERSCOPE_DEMO"] = args.profile
     already = demo.is_built(args.profile) and not args.force
     with tqdm_progress() as cb:
         info = demo.build(args.profile, progress=cb, force=args.force)

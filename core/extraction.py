@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -239,27 +241,47 @@ class _NpyWriter:
         self.fh.close()
 
 
+def _write_batch(writers: dict[str, _NpyWriter], directory: Path, n: int, start: int,
+                 arrays: dict[str, np.ndarray]) -> None:
+    for layer, out in arrays.items():
+        if layer not in writers:
+            writers[layer] = _NpyWriter(directory / f".{layer}.npy.tmp-{os.getpid()}", (n, *out.shape[1:]))
+        writers[layer].write(start, out)
+
+
 def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directory: Path, device: torch.device,
                  batch_size: int, num_workers: int | None, progress: Progress | None) -> dict[str, Path]:
+    """Forward every batch, appending the hooked outputs to one temp file per layer.
+
+    One helper thread prepares the next input batch and writes the previous outputs
+    while the network runs (numpy and file writes release the GIL), in that order, so
+    at most two batches of inputs and of outputs are alive at once.
+    """
     n = len(data)
     net = loaded.net.to(device).eval()
     amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     writers: dict[str, _NpyWriter] = {}
+    batches = iter_batches(loaded, data, batch_size, device, num_workers)
     done = 0
     try:
-        with torch.inference_mode(), capture_layers(loaded, layers, torch.float16) as outs:
-            for start, x in iter_batches(loaded, data, batch_size, device, num_workers):
+        with ThreadPoolExecutor(1, thread_name_prefix="extract-io") as io, torch.inference_mode(), \
+                capture_layers(loaded, layers, torch.float16) as outs:
+            pending, written = io.submit(next, batches, None), None
+            while (item := pending.result()) is not None:
+                start, x = item
+                pending = io.submit(next, batches, None)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     net(x)
-                for layer in layers:
-                    out = outs[layer].cpu().numpy()
-                    if layer not in writers:
-                        writers[layer] = _NpyWriter(directory / f".{layer}.npy.tmp-{os.getpid()}", (n, *out.shape[1:]))
-                    writers[layer].write(start, out)
+                arrays = {layer: outs[layer].cpu().numpy() for layer in layers}
+                if written is not None:
+                    written.result()
+                written = io.submit(_write_batch, writers, directory, n, start, arrays)
                 done = start + len(x)
                 if progress:
                     progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
+            if written is not None:
+                written.result()
     finally:
         for w in writers.values():
             w.close()
@@ -307,6 +329,10 @@ def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, devic
 def load_features(loaded: LoadedModel, data: ImageSet, layer: str, root: Path | None = None) -> LayerFeatures | None:
     """Stored features of one layer, or ``None`` when not extracted yet."""
     return open_layer(features_dir(loaded, data, root), layer)
+
+
+def drop_features(loaded: LoadedModel, data: ImageSet, root: Path | None = None) -> None:
+    shutil.rmtree(features_dir(loaded, data, root), ignore_errors=True)
 
 
 def forward_throughput(loaded: LoadedModel, batches: list[torch.Tensor], device: torch.device) -> float:

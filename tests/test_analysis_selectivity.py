@@ -250,7 +250,7 @@ def test_fp16_path_is_taken_and_equals_float32_exactly(monkeypatch):
     assert len(calls) == 4
 
 
-def test_fp16_inputs_torch_strided_memmap_and_threads(fp16_always, tmp_path):
+def test_fp16_inputs_torch_strided_memmap_and_threads(fp16_always, tmp_path, monkeypatch):
     x, y = fp16_data(7)
     want = analysis.entropy_curves(x.astype(np.float64), y, 4, 20)
     np.save(tmp_path / "x.npy", x)
@@ -259,12 +259,9 @@ def test_fp16_inputs_torch_strided_memmap_and_threads(fp16_always, tmp_path):
                 np.load(tmp_path / "x.npy", mmap_mode="r")]
     for v in variants:
         assert np.array_equal(analysis.entropy_curves(v, y, 4, 20), want)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert np.array_equal(analysis.entropy_curves(x, y, 4, 20), want)
-    finally:
-        torch.set_num_threads(threads)
+    import core.analysis.selectivity as sel
+    monkeypatch.setattr(sel, "FP16_THREADS", 3)                   # the thread pool
+    assert np.array_equal(analysis.entropy_curves(x, y, 4, 20), want)
 
 
 def test_fp16_fc_layer_shape(fp16_always):

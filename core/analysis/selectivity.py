@@ -65,16 +65,18 @@ def _entropy(counts: torch.Tensor) -> torch.Tensor:
 # table maps every pattern to its bin (how many thresholds its float64 value reaches, and
 # the label) and one gather + one bincount over the samples give the class counts: the
 # same integers as the float64 path, hence identical curves. One filter at a time per
-# thread, in reused buffers (fresh large arrays cost page faults on every call).
+# thread (see FP16_THREADS), in reused buffers (fresh large arrays cost page faults on
+# every call). Only numpy runs per filter: unlike torch ops it never starts OpenMP
+# threads (on a busy 2-core machine each parallel torch op waits ~10 ms for its second
+# thread, and each Python thread would start its own team).
 
 #: Below this many samples per filter the general float64 path is cheaper than building
 #: the per-filter tables.
 FP16_MIN_SAMPLES = 1 << 14
-#: Torch ops in the pool's threads stay below torch's intra-op grain size (32768
-#: elements) so they run in the calling thread: a parallel op started from several
-#: Python threads makes an OpenMP team per thread, and on a busy machine each such op
-#: waits ~10 ms for its second thread.
-SERIAL_PIECE = (1 << 15) - 1
+#: Threads of the float16 path (``None``: ``torch.get_num_threads()``). On our 2-vCPU
+#: machines a second thread gained 10-25% when idle but lost 30-40% while another
+#: process held a core (bincount keeps the GIL); set 1 on a busy shared machine.
+FP16_THREADS: int | None = None
 
 
 @lru_cache(maxsize=1)
@@ -98,14 +100,14 @@ def _fp16_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return value, okey, by_okey
 
 
-def _fp16_extremes(u: np.ndarray) -> tuple[int, int, int]:
-    """Patterns of the minimum and maximum value of ``u`` (uint16), and its largest pattern.
+def _fp16_extremes(u: np.ndarray, umin: int, umax: int) -> tuple[int, int, int]:
+    """Patterns ``(lo, hi, umax)`` of the minimum and maximum value among the uint16
+    patterns ``u``, whose smallest and largest patterns are ``umin`` and ``umax``.
 
     Clear-sign patterns grow with the value, set-sign ones shrink with it, so integer
-    reductions give both extremes. Raises :class:`InputError` on NaN/inf patterns
+    extremes give the value extremes. Raises :class:`InputError` on NaN/inf patterns
     (exponent bits all set: 0x7C00-0x7FFF and 0xFC00-0xFFFF).
     """
-    umin, umax = int(u.min()), int(u.max())
     if umax < 0x8000:                  # no negative pattern: pattern order is value order
         lo, hi, bad = umin, umax, umax >= 0x7C00
     else:                              # umax is the negative of largest magnitude
@@ -127,42 +129,50 @@ class _Fp16Filter:
                  num_thresholds: int):
         self.num_classes, self.num_thresholds = num_classes, num_thresholds
         self.bins_total = self.LANES * (num_thresholds + 1) * num_classes
-        self.dtype = np.int16 if self.bins_total <= np.iinfo(np.int16).max else np.int32
-        self.samples = np.empty(shape, dtype=np.float16)
-        self.bins = np.empty((shape[0], int(np.prod(shape[1:]))), dtype=self.dtype)
+        self.bins = np.empty((shape[0], int(np.prod(shape[1:]))), dtype=np.intp)  # bincount's type
+        self.patterns = np.empty_like(self.bins)   # take() would convert uint16 indices anyway
         lane = np.arange(self.bins.size).reshape(self.bins.shape) % self.LANES
-        self.offsets = (labels[:, None] + lane * ((num_thresholds + 1) * num_classes)).astype(self.dtype)
-        self.bin_by_okey = np.zeros(1 << 16, dtype=self.dtype)
-        self.table = np.empty(1 << 16, dtype=self.dtype)
+        self.offsets = labels[:, None] + lane * ((num_thresholds + 1) * num_classes)
+        self.bin_by_okey = np.zeros(1 << 16, dtype=np.intp)
+        self.table = np.empty(1 << 16, dtype=np.intp)
+        self.ramp = np.arange(num_thresholds, dtype=np.float64)
+        self.levels = np.arange(num_thresholds + 1) * num_classes
+        self.edges = np.empty(num_thresholds + 2, dtype=np.intp)
 
     def _bin_table(self, lo: int, hi: int, u_max: int) -> np.ndarray:
         """``table[u]`` = (number of thresholds <= value of pattern ``u``) * C, for the
         patterns up to ``u_max``; exact for the values in ``[value[lo], value[hi]]``."""
         value, okey, by_okey = _fp16_tables()
-        thr = np.linspace(value[lo], value[hi], self.num_thresholds)  # == _thresholds
+        a, b, t = value[lo], value[hi], self.num_thresholds
+        step = (b - a) / (t - 1)                   # numpy.linspace's operations (_thresholds)
+        thr = (self.ramp / (t - 1) * (b - a) if step == 0 else self.ramp * step) + a
+        thr[-1] = b
         k = by_okey.searchsorted(thr, side="left")  # first value-ordered key >= each threshold
         ok_lo, ok_hi = int(okey[lo]), int(okey[hi])  # the keys that occur lie in between
-        reached = self.bin_by_okey[ok_lo:ok_hi + 1]
-        reached.fill(0)
-        np.add.at(reached, np.maximum(k[k <= ok_hi] - ok_lo, 0), 1)
-        np.cumsum(reached, out=reached)
-        table = self.table[:u_max + 1]
-        # (mode="wrap" only avoids numpy's buffered out= copy; indices are in range)
-        self.bin_by_okey.take(okey[:u_max + 1], out=table, mode="wrap")
-        table *= self.num_classes
+        edges = self.edges                         # key ranges of 0, 1, ..., T thresholds
+        edges[0], edges[-1] = ok_lo, ok_hi + 1
+        np.minimum(np.maximum(k, ok_lo, out=edges[1:-1]), ok_hi + 1, out=edges[1:-1])
+        steps = np.repeat(self.levels, edges[1:] - edges[:-1])
+        table = self.table[:u_max + 1]             # by pattern: +0.0 up, then -0.0 down
+        if u_max < 0x8000:                         # no sign bit: pattern = key - 0x8000
+            table[lo:] = steps
+            return table
+        by_key = self.bin_by_okey                  # negatives present: via key order
+        by_key[ok_lo:ok_hi + 1] = steps
+        table[:0x8000] = by_key[0x8000:]
+        table[0x8000:] = by_key[0x8000 - (u_max - 0x7FFF):0x8000][::-1]
         return table
 
     def counts(self, column: np.ndarray) -> np.ndarray:
         """Class counts ``[T, C]`` of samples ``>= threshold_t`` of one filter ``column [N, ...]``."""
-        np.copyto(self.samples, column)
-        u = self.samples.view(np.uint16).reshape(self.bins.shape)
-        self._bin_table(*_fp16_extremes(u)).take(u, out=self.bins, mode="wrap")
+        u = column.view(np.uint16).reshape(self.bins.shape)      # float16 bit patterns
+        p = self.patterns
+        np.copyto(p, u)
+        table = self._bin_table(*_fp16_extremes(u, int(p.min()), int(p.max())))
+        table.take(p, out=self.bins, mode="wrap")
         self.bins += self.offsets                                  # + label, + lane
-        flat = torch.from_numpy(self.bins).view(-1)
-        hist = torch.zeros(self.bins_total, dtype=torch.int64)
-        for i in range(0, flat.numel(), SERIAL_PIECE):  # see SERIAL_PIECE
-            hist += torch.bincount(flat[i:i + SERIAL_PIECE], minlength=self.bins_total)
-        hist = hist.view(self.LANES, self.num_thresholds + 1, self.num_classes).sum(0).numpy()
+        hist = np.bincount(self.bins.reshape(-1), minlength=self.bins_total)
+        hist = hist.reshape(self.LANES, self.num_thresholds + 1, self.num_classes).sum(0)
         return hist[:0:-1].cumsum(0)[::-1]                         # samples >= threshold_t
 
 
@@ -178,7 +188,7 @@ def _fp16_curves(r: torch.Tensor, lab: torch.Tensor, num_classes: int,
             local.w = _Fp16Filter(x[:, 0].shape, lab.numpy(), num_classes, num_thresholds)
         return local.w.counts(x[:, j])
 
-    nw = max(1, min(torch.get_num_threads(), f, 8))
+    nw = max(1, min(FP16_THREADS or torch.get_num_threads(), f))
     if nw == 1:
         counts = np.stack([one(j) for j in range(f)])
     else:
@@ -234,8 +244,8 @@ def entropy_curves(responses: Any, labels: Any, num_classes: int,
 
     float16 responses on the CPU (the feature store's format) with at least
     ``FP16_MIN_SAMPLES`` samples per filter take an exact fast path (a lookup table over
-    the 65536 bit patterns, one filter per thread at a time, ``torch.get_num_threads()``
-    threads); it gives the same numbers as the float64 path on the same values.
+    the 65536 bit patterns, one filter at a time, so memory stays at a few arrays of one
+    filter's samples); it gives the same numbers as the float64 path on the same values.
     """
     r = _as_samples(responses)
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
