@@ -167,12 +167,23 @@ def _step_data(cfg: DemoConfig, root: Path, progress: Progress | None) -> None:
             sc = scenes.generate_target(n, seed + s, size=cfg.size)
             _save_npy(d / f"target-{split}-images.npy", sc.images)
             _save_npy(d / f"target-{split}-labels.npy", sc.image_labels.astype(bool))
+            np.savez(d / f"target-{split}-annotations.npz", **all_boxes(sc))
             crops, meta = detgt_crops(sc, cfg.size)
             _save_npy(d / f"target-{split}-detgt-images.npy", crops)
             np.savez(d / f"target-{split}-boxes.npz", **meta)
             _save_npy(d / f"target-{split}-detgt-labels.npy", meta["labels"])
         if progress:
             progress(len(jobs) + j + 1, len(jobs) + 3, f"generating scenes: target-{split}")
+
+
+def all_boxes(sc) -> dict:
+    """Every ground-truth box of generated scenes, difficult ones included (VOC-style
+    annotations for detection evaluation): ``boxes`` float32 ``[B, 4]``, ``labels``,
+    ``difficult`` and ``image_index`` ``[B]``."""
+    index = np.concatenate([np.full(len(b), i, np.int64) for i, b in enumerate(sc.boxes)] or [np.zeros(0, np.int64)])
+    return {"boxes": np.concatenate(sc.boxes).astype(np.float32).reshape(-1, 4),
+            "labels": np.concatenate(sc.box_labels).astype(np.int64),
+            "difficult": np.concatenate(sc.difficult).astype(bool), "image_index": index}
 
 
 def detgt_crops(sc, size: int) -> tuple[np.ndarray, dict]:
