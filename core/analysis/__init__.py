@@ -10,11 +10,13 @@ One module per analysis family; every function takes numpy arrays or torch tenso
 - :mod:`.overlap` — top-k filter set overlap (Fig. 5)
 - :mod:`.sparsity` — non-zero fractions (Table 6)
 - :mod:`.ablation` — binarize, sp-max, sp-shuffle and the Tables 7-8 runner (Sec. 5)
+- :mod:`.detection` — VOC 2007 AP and detection matching (PASCAL-DET, Tables 1, 2, 4, 8)
 """
 from __future__ import annotations
 
 from core.analysis.ablation import (AblationResult, ablation_study, ablation_transforms,
                                     binarize, bootstrap_map, spatial_max, spatial_shuffle)
+from core.analysis.detection import DetectionEvalResult, evaluate_detections, voc_ap
 from core.analysis.overlap import overlap_chance, shared_filters, topk_overlap, topk_sets
 from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve,
                                             shuffled_label_ap)
@@ -41,4 +43,6 @@ __all__ = [
     # ablations (Sec. 5, Tables 7-8)
     "binarize", "spatial_max", "spatial_shuffle", "ablation_transforms", "bootstrap_map",
     "AblationResult", "ablation_study",
+    # detection (PASCAL-DET, VOC 2007 devkit)
+    "voc_ap", "evaluate_detections", "DetectionEvalResult",
 ]
