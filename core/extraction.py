@@ -174,8 +174,24 @@ class LayerFeatures:
     path: Path
     manifest: dict
 
+    @property
+    def sharded(self) -> bool:
+        """True for a layer stored as shards (the Ray backend); ``path`` is then its shard folder."""
+        return "shards" in self.manifest
+
     def array(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")
+        """The whole ``[N, ...]`` array: a memmap, or the shards concatenated in memory."""
+        if not self.sharded:
+            return np.load(self.path, mmap_mode="r")
+        return np.concatenate([a for _, a in self.shards()])
+
+    def shards(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, memmap)`` per shard in order, one open at a time (one shard for a local layer)."""
+        if not self.sharded:
+            yield 0, self.array()
+            return
+        for s in self.manifest["shards"]:
+            yield int(s["start"]), np.load(self.path.parent / s["file"], mmap_mode="r")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -190,10 +206,42 @@ def _manifest_path(npy: Path) -> Path:
     return npy.with_suffix(".json")
 
 
+def _open_sharded(directory: Path, layer: str, manifest: dict) -> LayerFeatures | None:
+    """A sharded layer (manifest with ``shards``); damaged shards are dropped and ``None`` returned."""
+    folder = directory / f"{layer}.shards"
+    try:
+        shape, stop = manifest["shape"], 0
+        if manifest.get("format") != FORMAT_VERSION:
+            raise CacheCorruptError(f"format {manifest.get('format')} != {FORMAT_VERSION}")
+        for s in manifest["shards"]:
+            arr = np.load(directory / s["file"], mmap_mode="r")
+            if s["start"] != stop or list(arr.shape) != [s["stop"] - s["start"], *shape[1:]] \
+                    or arr.dtype != np.float16:
+                raise CacheCorruptError(f"shard {s['file']} is {arr.dtype} {arr.shape}, expected rows "
+                                        f"{s['start']}:{s['stop']} of {shape} after row {stop}")
+            stop = s["stop"]
+        if stop != shape[0]:
+            raise CacheCorruptError(f"shards cover {stop} of {shape[0]} rows")
+    except (OSError, ValueError, KeyError, TypeError, CacheCorruptError) as exc:
+        log.warning("sharded features %s are damaged (%s); dropping them, they will be re-extracted", folder, exc)
+        _manifest_path(directory / f"{layer}.npy").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return LayerFeatures(folder, manifest)
+
+
 def open_layer(directory: Path, layer: str) -> LayerFeatures | None:
-    """Open a stored layer; ``None`` if absent. A damaged file is deleted and ``None`` returned."""
+    """Open a stored layer; ``None`` if absent. A damaged file is deleted and ``None`` returned.
+
+    A layer is one ``<layer>.npy`` (local backend) or, when its manifest lists ``shards``,
+    the files ``<layer>.shards/<start>-<stop>.npy`` (Ray backend, :mod:`core.distributed`).
+    """
     npy = directory / f"{layer}.npy"
     man = _manifest_path(npy)
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads(man.read_text()) if man.exists() else {}
+        if isinstance(manifest, dict) and "shards" in manifest:
+            return _open_sharded(directory, layer, manifest)
     if not npy.exists() or not man.exists():
         return None
     try:
@@ -207,6 +255,11 @@ def open_layer(directory: Path, layer: str) -> LayerFeatures | None:
             p.unlink(missing_ok=True)
         return None
     return LayerFeatures(npy, manifest)
+
+
+def layer_fingerprint(loaded: LoadedModel, data: ImageSet, layer: str, shape: Sequence[int]) -> str:
+    """The stored layer's fingerprint (the same for the local and the Ray backend)."""
+    return stable_hash(model_key(loaded), data.fingerprint, layer, list(shape))
 
 
 def _provenance(loaded: LoadedModel, data: ImageSet, device: torch.device) -> dict:
@@ -318,7 +371,7 @@ def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, devic
             os.replace(tpath, final)
             shape = list(np.load(final, mmap_mode="r").shape)
             manifest = {**prov, "format": FORMAT_VERSION, "layer": layer, "shape": shape, "dtype": "float16",
-                        "fingerprint": stable_hash(model_key(loaded), data.fingerprint, layer, shape)}
+                        "fingerprint": layer_fingerprint(loaded, data, layer, shape)}
             mtmp = directory / f".{layer}.json.tmp-{os.getpid()}"
             mtmp.write_text(json.dumps(manifest, indent=1))
             os.replace(mtmp, _manifest_path(final))

@@ -1,0 +1,361 @@
+"""Feature extraction on Ray Data: the same feature store as :mod:`core.extraction`, in shards.
+
+The dataset is cut into contiguous shards of ``shard_size`` items; a Ray dataset holds one
+row per shard (``start``, ``stop``) and ``map_batches`` sends each row to a pool of model
+actors (one per GPU, or one per CPU). Every actor builds the model and the image set once
+(from their ids, or from one object-store copy for objects), runs the local extraction
+pipeline on its shard and writes one float16 file per layer,
+``<features_dir>/<layer>.shards/<start>-<stop>.npy``, laid out exactly as the local
+``<layer>.npy`` rows ``start:stop``. The driver then writes one manifest per layer
+(``<layer>.json``, atomic) listing the shards in order, with the local path's provenance
+keys and fingerprint, so :func:`core.extraction.open_layer` and every analysis read a
+sharded layer like a local one.
+
+Deviation from "ray.data reading the images": the Ray dataset's rows are shards (index
+ranges) and each actor reads its images from the :class:`~core.datasets.ImageSet`. Shard
+boundaries are then exact and every actor feeds the network the same input batches as the
+local path (the input pipeline is :func:`core.extraction.iter_batches` itself), which is
+what makes the stored features bit-for-bit equal.
+
+Ray is imported lazily: the rest of the app works without it, and a missing Ray is an
+:class:`~core.errors.InputError` that says how to install it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from core import extraction
+from core.config import cache_root
+from core.datasets import ArrayImageSet, ImageSet
+from core.errors import CacheCorruptError, InputError
+from core.models import LoadedModel
+
+log = logging.getLogger(__name__)
+RAY_REQUIREMENT = "ray[data]==2.58.0"
+#: Upper bound of the default shard size (items); a shard's files are written in one go.
+MAX_DEFAULT_SHARD = 4096
+
+ModelSource = str | LoadedModel
+DataSource = str | ImageSet
+
+
+# --------------------------------------------------------------------------- ray session
+def require_ray() -> Any:
+    """The ``ray`` module, or an :class:`InputError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is an extra of the ray package)
+    except ImportError as exc:
+        raise InputError(f"the Ray backend needs Ray Data: `pip install '{RAY_REQUIREMENT}'` "
+                         "(it is pinned in requirements.txt), or use --backend local.") from exc
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Yield ``ray`` connected to a cluster; disconnect on exit if this call connected.
+
+    An already initialised Ray (e.g. a test fixture's) is used as it is. ``address``
+    ``None`` starts a local Ray with ``num_cpus`` (default: this machine's CPUs);
+    ``"auto"`` or ``"host:port"`` joins a running cluster (``ray start --head``).
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    env = {"FILTERSCOPE_CACHE": str(cache_root())}
+    try:
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                     log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise InputError(f"cannot start or reach {where}: {exc}. Start a cluster with "
+                         "`ray start --head` and pass its address (or 'auto'), or leave the "
+                         "address empty for a local Ray.") from exc
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _quiet_data(ray: Any) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+
+
+# --------------------------------------------------------------------------- shards
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` ranges of at most ``shard_size`` items covering ``[0, n)``."""
+    if not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise InputError(f"shard_size must be a positive int, got {shard_size!r}")
+    return [(s, min(n, s + int(shard_size))) for s in range(0, n, int(shard_size))]
+
+
+def default_shard_size(n: int, batch_size: int, num_actors: int) -> int:
+    """About two shards per actor, a multiple of ``batch_size``, at most ``MAX_DEFAULT_SHARD``."""
+    per = math.ceil(n / max(1, 2 * num_actors))
+    size = batch_size * max(1, math.ceil(per / batch_size))
+    return max(batch_size, min(size, batch_size * max(1, MAX_DEFAULT_SHARD // batch_size)))
+
+
+class _ShardView(ImageSet):
+    """Items ``start:stop`` of an image set, re-indexed from 0."""
+
+    def __init__(self, base: ImageSet, start: int, stop: int):
+        self.base, self.start = base, start
+        self.name, self.class_names = base.name, base.class_names
+        self.labels = np.asarray(base.labels)[start:stop]
+        self.fingerprint = f"{base.fingerprint}[{start}:{stop}]"
+
+    def image(self, i: int):
+        return self.base.image(self.start + int(i))
+
+
+def shard_view(data: ImageSet, start: int, stop: int) -> ImageSet:
+    """Items ``start:stop`` of ``data`` as an image set (in-memory arrays stay on the fast path)."""
+    if isinstance(data, ArrayImageSet):
+        return ArrayImageSet(data.name, data.images[start:stop], np.asarray(data.labels)[start:stop],
+                             data.class_names, fingerprint=f"{data.fingerprint}[{start}:{stop}]")
+    return _ShardView(data, start, stop)
+
+
+def shard_file(layer: str, start: int, stop: int) -> str:
+    """A shard's path relative to the features directory."""
+    return f"{layer}.shards/{start}-{stop}.npy"
+
+
+def write_shard(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], directory: Path,
+                start: int, stop: int, device: torch.device, batch_size: int) -> dict[str, list[int]]:
+    """Extract items ``start:stop`` and write one shard file per layer; returns their shapes.
+
+    Uses the local pipeline (:func:`core.extraction._run_forward`) into a private temp
+    folder, then renames each file into place, so a killed actor leaves no partial shard.
+    """
+    tmp = directory / f".shard-{start}-{stop}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        paths = extraction._run_forward(loaded, shard_view(data, start, stop), list(layers), tmp,
+                                        device, batch_size, 0, None)
+        shapes = {}
+        for layer, path in paths.items():
+            final = directory / shard_file(layer, start, stop)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(path, final)
+            shapes[layer] = list(np.load(final, mmap_mode="r").shape)
+        return shapes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- actors
+def _resolve_model(source: Any) -> LoadedModel:
+    if isinstance(source, LoadedModel):
+        return source
+    if isinstance(source, str):
+        from core import service
+        return service.load_model(source)
+    import ray
+    return ray.get(source[0])          # [ObjectRef]: one object-store copy per actor
+
+
+def _resolve_data(source: Any) -> ImageSet:
+    if isinstance(source, ImageSet):
+        return source
+    if isinstance(source, str):
+        from core import service
+        return service.load_set(source)
+    import ray
+    return ray.get(source[0])
+
+
+class ShardExtractor:
+    """Ray Data actor: builds the model and the image set once, extracts shard rows."""
+
+    def __init__(self, model: Any, data: Any, layers: list[str], directory: str,
+                 batch_size: int, device: str, threads: int | None = None):
+        if threads:                    # Ray sets one intra-op thread per reserved CPU otherwise
+            torch.set_num_threads(threads)
+        self.loaded = _resolve_model(model)
+        self.data = _resolve_data(data)
+        self.layers, self.directory, self.batch_size = layers, Path(directory), batch_size
+        self.device = extraction.resolve_device(device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        starts, stops = batch["start"].astype(int), batch["stop"].astype(int)
+        shapes = [json.dumps(write_shard(self.loaded, self.data, self.layers, self.directory,
+                                         int(a), int(b), self.device, self.batch_size))
+                  for a, b in zip(starts, stops)]
+        label = extraction.device_label(self.device)
+        return {"start": starts, "stop": stops, "shapes": np.array(shapes, dtype=object),
+                "device": np.array([label] * len(starts), dtype=object)}
+
+
+def _ship(ray: Any, source: Any) -> Any:
+    """Ids travel as strings; objects go to the object store once (``[ref]``: not auto-resolved)."""
+    return source if isinstance(source, str) else [ray.put(source)]
+
+
+def _actor_plan(ray: Any, device: str, num_actors: int | None) -> tuple[int, float, str]:
+    """``(num_actors, gpus_per_actor, actor_device)`` from the cluster's resources."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
+    if device.startswith("cuda") and not gpus:
+        raise InputError(f"device '{device}' requested but the Ray cluster has no GPU; use cpu or auto.")
+    use_gpu = gpus > 0 and device != "cpu"
+    n = num_actors or (gpus if use_gpu else cpus)
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"num_actors must be a positive int, got {num_actors!r}")
+    return int(n), (1.0 if use_gpu else 0.0), ("cuda" if use_gpu else "cpu")
+
+
+def _run_actors(ray: Any, model: Any, data: Any, layers: list[str], directory: Path,
+                ranges: list[tuple[int, int]], batch_size: int, plan: tuple[int, float, str],
+                threads: int | None, progress: extraction.Progress | None, n: int) -> list[dict]:
+    _quiet_data(ray)
+    num_actors, gpus, dev = plan
+    items = [{"start": a, "stop": b} for a, b in ranges]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    out = ds.map_batches(ShardExtractor, batch_size=1, num_cpus=1, num_gpus=gpus,
+                         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
+                         fn_constructor_kwargs={"model": _ship(ray, model),
+                                                "data": _ship(ray, data),
+                                                "layers": layers, "directory": str(directory),
+                                                "batch_size": batch_size, "device": dev,
+                                                "threads": threads})
+    rows, done = [], 0
+    for row in out.iter_rows():
+        rows.append(row)
+        done += int(row["stop"]) - int(row["start"])
+        if progress:
+            progress(done, n, f"extracting {', '.join(layers)} on Ray ({num_actors} actors)")
+    return sorted(rows, key=lambda r: int(r["start"]))
+
+
+# --------------------------------------------------------------------------- manifests
+def _check_tiling(rows: list[dict], ranges: list[tuple[int, int]]) -> None:
+    got = [(int(r["start"]), int(r["stop"])) for r in rows]
+    if got != ranges:
+        raise CacheCorruptError(f"Ray extraction returned shards {got[:5]}... instead of {ranges[:5]}...")
+
+
+def write_manifests(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], directory: Path,
+                    rows: list[dict], info: dict) -> dict[str, extraction.LayerFeatures]:
+    """One manifest per layer listing its shards in order (temp + rename), local provenance keys."""
+    devices = sorted({str(r["device"]) for r in rows})
+    prov = {**extraction._provenance(loaded, data, torch.device("cpu")), "device": ", ".join(devices)}
+    out = {}
+    for layer in layers:
+        shapes = [json.loads(r["shapes"])[layer] for r in rows]
+        shape = [sum(s[0] for s in shapes), *shapes[0][1:]]
+        shards = [{"start": int(r["start"]), "stop": int(r["stop"]),
+                   "file": shard_file(layer, int(r["start"]), int(r["stop"]))} for r in rows]
+        manifest = {**prov, "format": extraction.FORMAT_VERSION, "layer": layer, "shape": shape,
+                    "dtype": "float16", "fingerprint": extraction.layer_fingerprint(loaded, data, layer, shape),
+                    "backend": "ray", "ray": info, "shards": shards}
+        mtmp = directory / f".{layer}.json.tmp-{os.getpid()}"
+        mtmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(mtmp, directory / f"{layer}.json")
+        (directory / f"{layer}.npy").unlink(missing_ok=True)   # a local copy would now be stale
+        _drop_unlisted(directory / f"{layer}.shards", {Path(s["file"]).name for s in shards})
+        opened = extraction.open_layer(directory, layer)
+        if opened is None:
+            raise CacheCorruptError(f"the sharded layer {layer} in {directory} did not open after writing")
+        out[layer] = opened
+    return out
+
+
+def _drop_unlisted(folder: Path, keep: set[str]) -> None:
+    for p in folder.glob("*.npy"):
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- entry point
+def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
+                address: str | None = None, num_actors: int | None = None, batch_size: int = 128,
+                shard_size: int | None = None, device: str = "auto", threads: int | None = None,
+                root: Path | None = None, progress: extraction.Progress | None = None,
+                force: bool = False) -> dict[str, extraction.LayerFeatures]:
+    """Extract ``layers`` on Ray into the local feature store's directory, as shards.
+
+    Parameters
+    ----------
+    model : str or LoadedModel
+        A model id (``demo:finetuned``, ``tv:alexnet@/w.pth``: each actor builds it) or a
+        built model (put in the object store once; each actor fetches one copy).
+    data : str or ImageSet
+        A dataset id (each actor loads it) or an image set object (one object-store copy).
+    layers : sequence of str
+    address : str, optional
+        A running cluster (``"auto"`` or ``"host:port"``); ``None`` starts a local Ray with
+        this machine's CPUs. An already initialised Ray is used as it is.
+    num_actors : int, optional
+        Model actors; default one per GPU of the cluster, else one per CPU.
+    batch_size : int
+        Forward batch inside an actor (as the local path's).
+    shard_size : int, optional
+        Items per shard (default: about two shards per actor, a multiple of ``batch_size``).
+    device : str
+        ``auto`` (GPU actors, ``num_gpus=1`` each, when the cluster has GPUs), ``cpu`` or ``cuda``.
+    threads : int, optional
+        Intra-op torch threads per actor. Default: this process's ``torch.get_num_threads()``
+        for a local Ray (float kernels block their sums by thread count, so equal counts give
+        bit-for-bit the local backend's features), else Ray's (one per reserved CPU).
+    root, progress, force
+        As in :func:`core.extraction.extract` (present layers are kept unless ``force``).
+
+    Returns
+    -------
+    dict
+        One :class:`~core.extraction.LayerFeatures` per layer (sharded for the new ones),
+        with the fingerprint the local path gives for the same model, data and layer.
+    """
+    loaded, dataset = _resolve_model(model), _resolve_data(data)
+    layers = _validated_layers(loaded, dataset, layers)
+    directory = extraction.features_dir(loaded, dataset, root)
+    directory.mkdir(parents=True, exist_ok=True)
+    have = {} if force else {l: f for l in layers if (f := extraction.open_layer(directory, l)) is not None}
+    todo = [l for l in layers if l not in have]
+    if todo:
+        n = len(dataset)
+        with ray_session(address) as ray:
+            plan = _actor_plan(ray, device, num_actors)
+            size = shard_size or default_shard_size(n, batch_size, plan[0])
+            ranges = shard_ranges(n, size)
+            threads = threads or (torch.get_num_threads() if address is None else None)
+            rows = _run_actors(ray, model, data, todo, directory, ranges, batch_size, plan, threads,
+                               progress, n)
+        _check_tiling(rows, ranges)
+        info = {"address": address or "local", "num_actors": plan[0], "shard_size": size,
+                "batch_size": batch_size, "threads": threads}
+        have.update(write_manifests(loaded, dataset, todo, directory, rows, info))
+    return {l: have[l] for l in layers}
+
+
+def _validated_layers(loaded: LoadedModel, data: ImageSet, layers: Sequence[str]) -> list[str]:
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise InputError("no layers requested; pass e.g. --layers conv1,conv5,fc7")
+    for layer in layers:
+        loaded.module(layer)  # validates the name
+    if len(data) == 0:
+        raise InputError(f"dataset '{data.name}' is empty; nothing to extract")
+    return layers
+
+
+__all__ = ["extract_ray", "ray_session", "require_ray", "shard_ranges", "default_shard_size",
+           "shard_view", "write_shard", "write_manifests", "ShardExtractor"]
