@@ -22,6 +22,8 @@ from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve
                                             shuffled_label_ap)
 from core.analysis.selectivity import aue, entropy_curves, selectivity_curve, shuffled_label_aue
 from core.analysis.sparsity import class_nonzero_fraction, nonzero_fraction, sparsity_summary
+from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins, Ray backend)
+from core.analysis.sharded import __all__ as _SHARDED
 from core.analysis.svm_ranking import (PAPER_K, FilterRankingResult, LinearMapResult,
                                        SVMConfig, filters_needed, grandmother_cells, linear_map,
                                        paper_k_values, random_subset_ap, single_ap_ranking,
@@ -45,4 +47,4 @@ __all__ = [
     "AblationResult", "ablation_study",
     # detection (PASCAL-DET, VOC 2007 devkit)
     "voc_ap", "evaluate_detections", "DetectionEvalResult",
-]
+] + list(_SHARDED)  # shard-reducing twins of the above (core/analysis/sharded.py)

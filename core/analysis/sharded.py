@@ -1,0 +1,386 @@
+"""Analyses that reduce over feature shards, without loading a whole layer at once.
+
+Reproduces: the same measures as :mod:`.selectivity` (Appendix, Fig. 1),
+:mod:`.precision_recall` (Sec. 4.1), :mod:`.sparsity` (Table 6) and the per-item
+ablations of :mod:`.ablation` (Sec. 5), on layers stored as shards (the Ray backend,
+:mod:`core.distributed`) or on any sequence of row blocks. Results are those of the
+single-array functions on the concatenation: bit for bit for entropy curves, AuE and
+AP (the same integer counts and the same float operations in the same order), and to
+rounding (<= 1e-12) for the additive sparsity moments.
+
+Shards are given as a stored layer (anything with ``.shards()``, e.g.
+:class:`core.extraction.LayerFeatures`), a sequence of arrays (consecutive row blocks)
+or of ``(start, array)`` pairs. The per-shard part runs in this process, one shard at
+a time (``backend="local"``), or as one Ray task per shard (``backend="ray"``: stored
+shards travel as file paths, arrays through the object store); the small per-shard
+results are merged here.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from core.analysis._common import (DEFAULT_CHUNK_ELEMENTS, cpu_generator, int_labels,
+                                   plan_chunks, positives_matrix)
+from core.analysis.precision_recall import _NO_POSITIVES
+from core.analysis.selectivity import _entropy, _thresholds, _trapezoid
+from core.errors import InputError
+
+#: A shard as the per-shard functions receive it: a ``.npy`` path (memory-mapped when
+#: opened) or an array.
+ShardData = str | np.ndarray
+
+
+# --------------------------------------------------------------------------- shard sources
+def shard_specs(shards: Any) -> list[tuple[int, ShardData]]:
+    """Normalise ``shards`` to ``[(start, path or array)]`` and check they tile ``[0, N)``.
+
+    Stored shards are kept as file paths (nothing is read here).
+    """
+    if hasattr(shards, "manifest") and hasattr(shards, "shards"):
+        man = shards.manifest
+        if "shards" in man:
+            specs = [(int(s["start"]), str(shards.path.parent / s["file"])) for s in man["shards"]]
+        else:
+            specs = [(0, str(shards.path))]
+    elif hasattr(shards, "shards"):
+        specs = list(shards.shards())
+    else:
+        specs, start = [], 0
+        for item in shards:
+            if isinstance(item, tuple):
+                start, item = int(item[0]), item[1]
+            specs.append((start, item))
+            start += len(item)
+    if not specs:
+        raise InputError("no shards given; pass a stored layer or a list of row blocks")
+    return specs
+
+
+def _load(data: ShardData) -> np.ndarray:
+    return np.load(data, mmap_mode="r") if isinstance(data, str) else np.asarray(data)
+
+
+def _check_tiling(starts: Sequence[int], lengths: Sequence[int]) -> int:
+    stop = 0
+    for s, n in zip(starts, lengths):
+        if s != stop:
+            raise InputError(f"shards must be consecutive row blocks from row 0; a shard starts "
+                             f"at row {s} where row {stop} was expected")
+        stop += n
+    return stop
+
+
+def map_shards(fn: Callable[..., Any], shards: Any, *args: Any, backend: str = "local") -> list[Any]:
+    """``[fn(start, shard_array, *args) for each shard]`` in order, here or as Ray tasks.
+
+    ``fn`` must be a module-level function (Ray pickles it by reference). With
+    ``backend="ray"`` an initialised Ray is used, else a local one is started.
+    """
+    specs = shard_specs(shards)
+    if backend == "local":
+        return [fn(start, _load(data), *args) for start, data in specs]
+    if backend != "ray":
+        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
+    from core.distributed import ray_session
+
+    with ray_session() as ray:
+        task = ray.remote(num_cpus=1)(_remote_call)
+        shared = [ray.put(a) for a in args]   # one object-store copy of labels etc.
+        refs = [task.remote(fn, start, data if isinstance(data, str) else ray.put(data), *shared)
+                for start, data in specs]
+        return ray.get(refs)
+
+
+def _remote_call(fn: Callable[..., Any], start: int, data: ShardData, *args: Any) -> Any:
+    return fn(start, _load(data), *args)
+
+
+# --------------------------------------------------------------------------- selectivity
+def _shard_minmax(start: int, x: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Pass 1: ``(start, rows, min[F], max[F])`` in float64 (exact for float16 input)."""
+    if x.ndim not in (2, 4) or len(x) == 0 or x.shape[1] == 0:
+        raise InputError(f"each shard must be [n, F] or [n, F, H, W] with n, F >= 1, "
+                         f"got shape {tuple(x.shape)}")
+    axes = (0, 2, 3) if x.ndim == 4 else (0,)
+    lo, hi = x.min(axis=axes).astype(np.float64), x.max(axis=axes).astype(np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise InputError(f"responses contains NaN or inf values (shard at row {start}); "
+                         "clean or drop them first")
+    return start, len(x), lo, hi
+
+
+def _shard_counts(start: int, x: np.ndarray, labels: np.ndarray, num_classes: int,
+                  thresholds: np.ndarray) -> np.ndarray:
+    """Pass 2: class counts ``[F, T, C]`` int64 of this shard's samples ``>= threshold_t``.
+
+    The operations of :func:`core.analysis.selectivity._chunk_counts`, with the global
+    thresholds instead of the chunk's own.
+    """
+    n, f = x.shape[:2]
+    hw = int(np.prod(x.shape[2:])) if x.ndim == 4 else 1
+    t = thresholds.shape[1]
+    lab = torch.from_numpy(np.asarray(labels[start:start + n], dtype=np.int64)).repeat_interleave(hw)
+    out = np.empty((f, t, num_classes), dtype=np.int64)
+    for sl in plan_chunks(f, n * hw, DEFAULT_CHUNK_ELEMENTS):
+        fc = sl.stop - sl.start
+        xs = torch.from_numpy(np.asarray(x[:, sl], dtype=np.float64))
+        xs = xs.transpose(0, 1).reshape(fc, n * hw).contiguous()
+        thr = torch.from_numpy(np.ascontiguousarray(thresholds[sl]))
+        bins = torch.searchsorted(thr, xs, right=True).mul_(num_classes).add_(lab[None, :])
+        bins.add_(torch.arange(fc)[:, None] * ((t + 1) * num_classes))
+        hist = torch.bincount(bins.reshape(-1), minlength=fc * (t + 1) * num_classes)
+        hist = hist.reshape(fc, t + 1, num_classes)[:, 1:]
+        out[sl] = hist.flip(1).cumsum(1).flip(1).numpy()
+    return out
+
+
+def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int = 100,
+                           *, backend: str = "local") -> np.ndarray:
+    """Entropy curves of a layer stored in shards; equal to :func:`entropy_curves` on the whole.
+
+    Reproduces: Appendix, Fig. 1, as :func:`core.analysis.selectivity.entropy_curves`.
+
+    Two passes over the shards: (1) each filter's global minimum and maximum, from
+    which the thresholds ``linspace(min_f, max_f, T)`` are built exactly as the local
+    function builds them (float64); (2) per shard, the class histogram of the samples
+    ``>= threshold_t``, summed over shards (integer counts, so the sum is exact).
+
+    Parameters
+    ----------
+    shards : stored layer, sequence of arrays or of ``(start, array)``
+        Row blocks ``[n_s, F]`` or ``[n_s, F, H, W]`` of the ``[N, ...]`` responses.
+    labels : ``[N]`` ints in ``[0, num_classes)``
+    num_classes, num_thresholds
+        As in :func:`entropy_curves`.
+    backend : ``"local"`` (one shard at a time here) or ``"ray"`` (one task per shard)
+
+    Returns
+    -------
+    numpy.ndarray, float64, ``[F, T]``
+    """
+    if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
+        raise InputError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
+    ext = map_shards(_shard_minmax, shards, backend=backend)
+    n = _check_tiling([e[0] for e in ext], [e[1] for e in ext])
+    lab = int_labels(labels, n, num_classes, torch.device("cpu")).numpy()
+    lo = np.min(np.stack([e[2] for e in ext]), axis=0)
+    hi = np.max(np.stack([e[3] for e in ext]), axis=0)
+    thr = _thresholds(torch.from_numpy(lo), torch.from_numpy(hi), int(num_thresholds)).numpy()
+    counts = map_shards(_shard_counts, shards, lab, int(num_classes), thr, backend=backend)
+    return _entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()
+
+
+def aue_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int = 100, *,
+                backend: str = "local") -> np.ndarray:
+    """AuE ``[F]`` from :func:`entropy_curves_sharded`; equal to :func:`aue` on the whole.
+
+    Reproduces: Appendix (AuE), as :func:`core.analysis.selectivity.aue`.
+    """
+    return _trapezoid(entropy_curves_sharded(shards, labels, num_classes, num_thresholds,
+                                             backend=backend))
+
+
+# --------------------------------------------------------------------------- average precision
+def _shard_sorted(start: int, x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Scores of one shard sorted descending per filter: ``(start, values [F, n], rows [F, n])``.
+
+    Conv maps ``[n, F, H, W]`` are spatially max-pooled first (Sec. 4), as the service does.
+    """
+    if x.ndim == 4:
+        x = x.max(axis=(2, 3))
+    if x.ndim != 2 or len(x) == 0:
+        raise InputError(f"each shard must be [n, F] scores or [n, F, H, W] maps, got {tuple(x.shape)}")
+    s = np.asarray(x, dtype=np.float64).T                       # [F, n]
+    if not np.isfinite(s).all():
+        raise InputError(f"scores contains NaN or inf values (shard at row {start}); "
+                         "clean or drop them first")
+    order = np.argsort(-s, axis=1, kind="stable")
+    return start, np.take_along_axis(s, order, axis=1), order + start
+
+
+def _merge_sorted(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard descending runs per filter (a stable sort of runs is a k-way merge)."""
+    vals = np.concatenate([p[1] for p in parts], axis=1)
+    rows = np.concatenate([p[2] for p in parts], axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
+def _group_ends_desc(vals: np.ndarray) -> np.ndarray:
+    """Per position of rows sorted descending, the index of the last element of its tie group."""
+    n = vals.shape[1]
+    is_end = np.ones(vals.shape, dtype=bool)
+    is_end[:, :-1] = vals[:, :-1] != vals[:, 1:]
+    ends = np.where(is_end, np.arange(n), n)
+    return np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
+
+
+def _ap_from_sorted(vals: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """AP ``[C, F]`` from merged descending scores, as scikit-learn (ties are one threshold).
+
+    Per positive ``i``: precision at its score's threshold = positives with score
+    ``>= s_i`` over items with score ``>= s_i``; summed over positives in ascending score
+    order and divided by their number: the operations of ``_shared_positives_ap``.
+    """
+    f, n = vals.shape
+    ends = _group_ends_desc(vals)
+    out = np.zeros((pos.shape[1], f))
+    for c in range(pos.shape[1]):
+        y = pos[rows, c]                                          # [F, N] in score order
+        p = int(pos[:, c].sum())
+        if not p:
+            continue
+        tp = np.cumsum(y, axis=1)
+        precision = np.take_along_axis(tp, ends, axis=1) / (ends + 1)
+        terms = np.ascontiguousarray(precision[y].reshape(f, p)[:, ::-1])
+        out[c] = terms.sum(1) / p
+    return out
+
+
+def class_filter_ap_sharded(shards: Any, labels: Any, num_classes: int | None = None, *,
+                            backend: str = "local") -> np.ndarray:
+    """Single-filter AP per class ``[C, F]``; equal to :func:`class_filter_ap` on the whole.
+
+    Reproduces: Sec. 4.1, as :func:`core.analysis.precision_recall.class_filter_ap`
+    (scores of conv maps are their spatial maximum, Sec. 4).
+
+    Each shard's scores are sorted per filter (per shard, or one Ray task per shard);
+    the sorted runs are merged here and AP is read off the merged order, with tied
+    scores forming one threshold as in scikit-learn. Only the pooled scores ``[N, F]``
+    are held at once, never the feature maps.
+
+    Parameters
+    ----------
+    shards : stored layer, sequence of arrays or of ``(start, array)``
+    labels : ``[N]`` ints or ``[N, C]`` bool multi-label matrix
+    num_classes : int, optional
+    backend : ``"local"`` or ``"ray"``
+
+    Returns
+    -------
+    numpy.ndarray, float64, ``[C, F]`` (0.0 with a ``UserWarning`` for a class without positives)
+    """
+    parts = map_shards(_shard_sorted, shards, backend=backend)
+    n = _check_tiling([p[0] for p in parts], [p[1].shape[1] for p in parts])
+    pos = positives_matrix(labels, n, num_classes, torch.device("cpu")).numpy()
+    missing = int((~pos.any(0)).sum())
+    if missing:
+        warnings.warn(_NO_POSITIVES.format(what=f"{missing} of {pos.shape[1]} classes"), UserWarning,
+                      stacklevel=2)
+    return _ap_from_sorted(*_merge_sorted(parts), pos)
+
+
+# --------------------------------------------------------------------------- sparsity
+def _shard_fraction(start: int, x: np.ndarray) -> tuple[int, np.ndarray]:
+    """``(start, non-zero fraction per item [n])``, as :func:`nonzero_fraction`."""
+    if x.ndim < 2 or len(x) == 0 or x[0].size == 0:
+        raise InputError(f"each shard must be [n, ...] with n >= 1 and values per item, got {tuple(x.shape)}")
+    flat = np.asarray(x).reshape(len(x), -1)
+    if flat.dtype.kind == "f" and np.isnan(flat).any():
+        raise InputError("acts contains NaN values; NaN is neither zero nor non-zero")
+    return start, (flat != 0).sum(1).astype(np.float64) / flat.shape[1]
+
+
+def nonzero_fraction_sharded(shards: Any, *, backend: str = "local") -> np.ndarray:
+    """Per-item non-zero fraction ``[N]``: per shard, concatenated (equal to :func:`nonzero_fraction`).
+
+    Reproduces: Table 6 (per-image sparsity).
+    """
+    parts = map_shards(_shard_fraction, shards, backend=backend)
+    _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
+    return np.concatenate([p[1] for p in parts])
+
+
+def _moments(frac: np.ndarray) -> tuple[int, float, float]:
+    m = float(frac.mean())
+    return len(frac), m, float(((frac - m) ** 2).sum())
+
+
+def _merge_moments(a: tuple[int, float, float], b: tuple[int, float, float]) -> tuple[int, float, float]:
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations)."""
+    n = a[0] + b[0]
+    d = b[1] - a[1]
+    return n, a[1] + d * b[0] / n, a[2] + b[2] + d * d * a[0] * b[0] / n
+
+
+def sparsity_summary_sharded(shards: Any, *, backend: str = "local") -> dict[str, float]:
+    """Mean and population std of the per-item non-zero fraction from additive per-shard moments.
+
+    Reproduces: Table 6, as :func:`core.analysis.sparsity.sparsity_summary` (equal to
+    rounding, <= 1e-12: the moments are summed in another order).
+    """
+    parts = map_shards(_shard_fraction, shards, backend=backend)
+    _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
+    total = _moments(parts[0][1])
+    for p in parts[1:]:
+        total = _merge_moments(total, _moments(p[1]))
+    return {"mean": total[1], "std": float(np.sqrt(max(total[2], 0.0) / total[0]))}
+
+
+def class_nonzero_fraction_sharded(shards: Any, labels: Any, num_classes: int | None = None, *,
+                                   backend: str = "local") -> np.ndarray:
+    """Mean non-zero fraction per class ``[C]`` (NaN without samples) from additive per-shard sums.
+
+    Reproduces: as :func:`core.analysis.sparsity.class_nonzero_fraction` (equal to rounding).
+    """
+    parts = map_shards(_shard_fraction, shards, backend=backend)
+    n = _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
+    pos = positives_matrix(labels, n, num_classes, torch.device("cpu")).numpy()
+    sums = sum((pos[s:s + len(fr)] * fr[:, None]).sum(0) for s, fr in parts)
+    count = pos.sum(0).astype(np.float64)
+    return np.where(count > 0, sums / np.maximum(count, 1.0), np.nan)
+
+
+# --------------------------------------------------------------------------- ablations
+def _shard_ablate(start: int, x: np.ndarray, name: str, perms: np.ndarray | None) -> np.ndarray:
+    """One shard's ablated features ``[n, D]`` (as :func:`ablation_transforms`)."""
+    from core.analysis.ablation import binarize, spatial_max
+
+    if name == "original":
+        return np.asarray(x).reshape(len(x), -1)
+    if name == "binarize":
+        return binarize(np.asarray(x)).reshape(len(x), -1)
+    if x.ndim != 4:
+        raise InputError(f"{name} needs conv maps [n, C, H, W], got {x.ndim}-D features")
+    if name == "sp-max":
+        return spatial_max(np.asarray(x))
+    n, c, h, w = x.shape
+    p = perms[start:start + n]
+    flat = np.asarray(x).reshape(n, c, h * w)
+    return np.take_along_axis(flat, np.broadcast_to(p[:, None, :], flat.shape), axis=2).reshape(n, -1)
+
+
+def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
+                              backend: str = "local") -> np.ndarray:
+    """The ablated feature matrix ``[N, D]`` of Table 7, built shard by shard.
+
+    Reproduces: Sec. 5 (binarize, sp-max, sp-shuffle), equal to
+    ``ablation_transforms(ndim)[name](whole, seed)``. Binarize and sp-max are per item, so
+    they map over shards; sp-shuffle draws every item's permutation in item order from
+    one generator seeded with ``seed`` (as :func:`spatial_shuffle`) and hands each shard
+    its rows. The classifier of the ablation study then trains on the result (pooled
+    features are small; training is not sharded).
+    """
+    names = ("original", "binarize", "sp-shuffle", "sp-max")
+    if name not in names:
+        raise InputError(f"unknown ablation {name!r}; use one of {', '.join(names)}")
+    specs = shard_specs(shards)
+    perms = None
+    if name == "sp-shuffle":
+        first = _load(specs[0][1])
+        n = sum(len(_load(d)) for _, d in specs)
+        if first.ndim != 4:
+            raise InputError(f"sp-shuffle needs conv maps [N, C, H, W], got {first.ndim}-D features")
+        g, hw = cpu_generator(seed), first.shape[2] * first.shape[3]
+        perms = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).numpy()
+    parts = map_shards(_shard_ablate, specs, name, perms, backend=backend)
+    return np.concatenate(parts)
+
+
+__all__ = ["shard_specs", "map_shards", "entropy_curves_sharded", "aue_sharded",
+           "class_filter_ap_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
+           "class_nonzero_fraction_sharded", "ablation_features_sharded"]
