@@ -63,12 +63,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core import extraction, service
     from core.datasets import load_dataset
 
-    lm = service.load_model(args.model if ":" in args.model else f"tv:{args.model}"
-                            + (f"@{args.weights}" if args.weights else ""))
+    model_id = args.model if ":" in args.model else f"tv:{args.model}" + (f"@{args.weights}" if args.weights else "")
+    lm = service.load_model(model_id)
     data = load_dataset(args.dataset)
     layers = [l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else list(lm.spec.layers)
     with tqdm_progress() as cb:
-        out = extraction.extract(lm, data, layers, device=args.device, batch_size=args.batch_size, progress=cb)
+        if args.backend == "ray":
+            from core import distributed
+            # ids, not objects: each actor builds the model and opens the dataset itself
+            out = distributed.extract_ray(model_id, args.dataset, layers, address=args.ray_address,
+                                          num_actors=args.num_actors,
+                                          batch_size=args.batch_size, shard_size=args.shard_size,
+                                          device=args.device, progress=cb)
+        else:
+            out = extraction.extract(lm, data, layers, device=args.device, batch_size=args.batch_size, progress=cb)
     for layer, f in out.items():
         print(f"{layer}: {tuple(f.shape)} -> {f.path}")
     return 0
@@ -105,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", default="", help="comma-separated, e.g. conv1,conv5,fc7 (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default) or ray: model actors on Ray Data writing a sharded store")
+    p.add_argument("--ray-address", default=None,
+                   help="running Ray cluster: auto or host:port (`ray start --head`); default: a local Ray")
+    p.add_argument("--num-actors", type=int, default=None, help="Ray model actors (default: one per GPU, else CPU)")
+    p.add_argument("--shard-size", type=int, default=None, help="items per Ray shard (default: ~2 per actor)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("bench", help="speed/memory benchmark, side by side")

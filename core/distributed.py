@@ -73,10 +73,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield ray
         return
-    env = {"FILTERSCOPE_CACHE": str(cache_root())}
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+            ray.init(address=address, runtime_env={"env_vars": actor_env()}, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      log_to_driver=False)
@@ -89,6 +88,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
+
+
+def actor_env() -> dict[str, str]:
+    """The driver's Filterscope settings (cache root, demo profile) for Ray workers."""
+    env = {"FILTERSCOPE_CACHE": str(cache_root())}
+    env.update({k: os.environ[k] for k in ("FILTERSCOPE_DEMO", "FILTERSCOPE_CACHE_GB") if k in os.environ})
+    return env
 
 
 def _quiet_data(ray: Any) -> None:
@@ -230,6 +236,7 @@ def _run_actors(ray: Any, model: Any, data: Any, layers: list[str], directory: P
     items = [{"start": a, "stop": b} for a, b in ranges]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     out = ds.map_batches(ShardExtractor, batch_size=1, num_cpus=1, num_gpus=gpus,
+                         runtime_env={"env_vars": actor_env()},  # model ids resolve as in the driver
                          compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
                          fn_constructor_kwargs={"model": _ship(ray, model),
                                                 "data": _ship(ray, data),

@@ -16,6 +16,8 @@ task ids:    ``demo-detgt`` (box crops, paper's PASCAL-DET-GT), ``demo-cls`` (wh
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,23 +106,63 @@ def model_info(model_id: str) -> dict:
 
 
 # --------------------------------------------------------------------------- features
+@dataclass(frozen=True)
+class ComputeBackend:
+    """Where missing features are extracted: ``local`` (default) or ``ray``.
+
+    For Ray, ``address`` is a running cluster (``auto``, ``host:port``) or None for a
+    local Ray on this machine's CPUs; ``num_actors`` defaults to one per GPU or CPU.
+    """
+
+    name: str = "local"
+    address: str | None = None
+    num_actors: int | None = None
+
+
+_BACKEND: contextvars.ContextVar[ComputeBackend] = contextvars.ContextVar("compute_backend",
+                                                                          default=ComputeBackend())
+
+
+@contextlib.contextmanager
+def compute_backend(name: str = "local", address: str | None = None, num_actors: int | None = None):
+    """Extract features needed inside the ``with`` block on this backend (this thread/context)."""
+    token = _BACKEND.set(ComputeBackend(name, address or None, num_actors))
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def _extract(model_id: str, dataset_id: str, layers: Sequence[str], device: str, progress: Progress | None,
+             backend: ComputeBackend | str | None) -> dict[str, extraction.LayerFeatures]:
+    b = ComputeBackend(backend) if isinstance(backend, str) else (backend or _BACKEND.get())
+    if b.name == "local":
+        return extraction.extract(load_model(model_id), load_set(dataset_id), list(layers),
+                                  device=device, progress=progress)
+    if b.name == "ray":
+        from core import distributed
+        return distributed.extract_ray(model_id, dataset_id, list(layers), address=b.address,
+                                       num_actors=b.num_actors, device=device, progress=progress)
+    raise InputError(f"unknown compute backend '{b.name}'; use local or ray")
+
+
 def features(model_id: str, dataset_id: str, layer: str, *, progress: Progress | None = None,
-             device: str = "auto") -> extraction.LayerFeatures:
-    """Stored features of one layer (extracted on first use)."""
+             device: str = "auto", backend: ComputeBackend | str | None = None) -> extraction.LayerFeatures:
+    """Stored features of one layer (extracted on first use, on ``backend`` or the context's)."""
     lm, data = load_model(model_id), load_set(dataset_id)
     stored = extraction.load_features(lm, data, layer)
     if stored is not None:
         return stored
     with _extract_lock(model_id, dataset_id):
-        return extraction.extract(lm, data, [layer], device=device, progress=progress)[layer]
+        return _extract(model_id, dataset_id, [layer], device, progress, backend)[layer]
 
 
 def extract_all(model_id: str, dataset_id: str, layers: Sequence[str], *, progress: Progress | None = None,
-                device: str = "auto") -> dict[str, extraction.LayerFeatures]:
-    """Extract several layers in one pass (missing ones only)."""
+                device: str = "auto", backend: ComputeBackend | str | None = None,
+                ) -> dict[str, extraction.LayerFeatures]:
+    """Extract several layers in one pass (missing ones only) on ``backend`` (default: local)."""
     with _extract_lock(model_id, dataset_id):
-        return extraction.extract(load_model(model_id), load_set(dataset_id), list(layers),
-                                  device=device, progress=progress)
+        return _extract(model_id, dataset_id, layers, device, progress, backend)
 
 
 def is_extracted(model_id: str, dataset_id: str, layer: str) -> bool:

@@ -66,9 +66,28 @@ def guard(what: str = "this view") -> Iterator[None]:
                  "The details are in the server log; other pages keep working.")
 
 
+def backend_picker() -> None:
+    """Sidebar expander: where missing features are extracted (local by default, or Ray)."""
+    with st.sidebar.expander("Compute backend"):
+        ray = st.radio("Extract missing features", ["local", "Ray"], key="compute_backend", horizontal=True,
+                       help="Ray: model actors on Ray Data write a sharded feature store (same features).") == "Ray"
+        st.text_input("Ray address", key="ray_address", disabled=not ray, placeholder="empty: local Ray · auto",
+                      help="A running cluster (`ray start --head`): auto or host:port. Empty starts Ray here.")
+
+
+def chosen_backend() -> dict:
+    """The sidebar's backend choice as keyword arguments of :func:`core.service.compute_backend`."""
+    if st.session_state.get("compute_backend") != "Ray":
+        return {"name": "local"}
+    return {"name": "ray", "address": (st.session_state.get("ray_address") or "").strip() or None}
+
+
 def computing(label: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run ``fn(*args, progress=cb, **kwargs)`` inside a status box with a progress bar."""
-    with st.status(label, expanded=False) as status:
+    """Run ``fn(*args, progress=cb, **kwargs)`` inside a status box with a progress bar.
+
+    Features missing on the way are extracted on the sidebar's compute backend.
+    """
+    with st.status(label, expanded=False) as status, service.compute_backend(**chosen_backend()):
         bar = st.progress(0.0)
         out = fn(*args, progress=progress_callback(bar), **kwargs)
         status.update(label=label.rstrip("…") + " — done", state="complete")
@@ -261,6 +280,7 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
         elif k in st.query_params:
             del st.query_params[k]
     presentation_toggle()
+    backend_picker()
     return Selection(model, task_id, chosen_layer, cmp_model, c)
 
 
