@@ -94,6 +94,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from core import report
+
+    keys = [k.strip() for k in args.figures.split(",") if k.strip()] if args.figures else None
+    req = report.ReportRequest(model=args.model, compare=args.compare or None, task=args.task, layer=args.layer,
+                               cls=args.cls, base_url=args.base_url,
+                               ablation_seeds=tuple(range(max(1, args.ablation_splits))))
+    skipped: list[str] = []
+    with tqdm_progress() as cb:
+        items = report.standard_items(req, keys, progress=cb, on_skip=lambda k, why: skipped.append(why))
+        files = report.write_report(items, args.out, title=args.title, static=not args.no_static, progress=cb,
+                                    skipped=skipped)
+    for why in skipped:
+        print(f"skipped: {why}")
+    if files.static_problem and not args.no_static:
+        print(f"no slides / PDF: {files.static_problem}")
+    print(f"wrote {len(items)} figure(s) to {args.out}: " + ", ".join(str(p) for p in files.all()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Filterscope engine")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -125,6 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="write the standard figures as an HTML report, slides, PDF and tables")
+    p.add_argument("--model", default="demo:finetuned", help="model id, e.g. demo:finetuned")
+    p.add_argument("--compare", default=None, help="second model drawn alongside, e.g. demo:pretrained")
+    p.add_argument("--task", default="demo-detgt", help="task id, e.g. demo-detgt, demo-cls, demo-scene")
+    p.add_argument("--layer", default="conv5", help="layer of the Sec. 4 figures (default conv5)")
+    p.add_argument("--cls", type=int, default=0, help="class index of the precision-recall figure")
+    p.add_argument("--figures", default="", help="comma-separated subset of sel,pr,needed,overlap,sparsity,"
+                                                 "ablation,layers (default: all)")
+    p.add_argument("--ablation-splits", type=int, default=3, help="re-drawn splits for the ablation error bars")
+    p.add_argument("--title", default="Filterscope report")
+    p.add_argument("--base-url", default="http://127.0.0.1:8501", help="where the app runs (for permalinks)")
+    p.add_argument("--no-static", action="store_true", help="HTML, tables and index only (no browser needed)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.set_defaults(func=cmd_report)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
