@@ -1,11 +1,19 @@
 """Warm render time of every page (ms), printed as JSON. Run by ``python -m core bench``.
 
 Lives outside core/ because it drives Streamlit's AppTest (core never imports streamlit).
-Usage: python bench/pages_warm.py [budget_s]
+The pages are the ones app.py's navigation lists (``st.Page("pages/...py", ...)``), so a
+new page is timed without touching this file. Each page is rendered once to warm every
+cache it uses (the first render may compute), then ``repeats`` more times; the reported
+number is the median of those warm renders: server-side script time, everything cached.
+
+Usage: python bench/pages_warm.py [budget_s|none] [repeats]
 """
 from __future__ import annotations
 
+import ast
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -14,34 +22,54 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def main(budget_s: float | None) -> dict:
+def navigation_pages(app: Path = ROOT / "app.py") -> list[str]:
+    """Page files in app.py's navigation, in menu order (``st.Page`` calls with a file path)."""
+    found = []
+    for node in ast.walk(ast.parse(app.read_text())):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "Page"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                and node.args[0].value.endswith(".py")):
+            found.append((node.lineno, node.col_offset, node.args[0].value))
+    return list(dict.fromkeys(page for *_, page in sorted(found)))
+
+
+def _time_page(at, rel: str, repeats: int) -> tuple[float | None, list[str]]:
+    at.switch_page(rel).run()                          # first render: fills every cache it uses
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        at.switch_page(rel).run()                      # warm render: timed
+        times.append((time.perf_counter() - t0) * 1e3)
+    failed = [str(e.value) for e in at.exception]
+    return (None if failed else round(statistics.median(times), 1)), [f"{rel}: {m[:200]}" for m in failed]
+
+
+def main(budget_s: float | None, repeats: int = 3) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from core import demo
 
     if not demo.is_built():
         return {"skip": "demo not built: run python -m core demo"}
-    app = ROOT / "app.py"
-    pages = sorted(p for p in (ROOT / "pages").glob("*.py") if not p.name.startswith("_"))
+    pages = navigation_pages()
     t_start = time.perf_counter()
-    at = AppTest.from_file(str(app), default_timeout=300)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     out, errors = {}, []
-    for page in pages:
-        rel = str(page.relative_to(ROOT))
+    for rel in pages:
+        if not (ROOT / rel).is_file():
+            out[rel] = None
+            errors.append(f"{rel}: listed in app.py but missing")
+            continue
         if budget_s is not None and time.perf_counter() - t_start > budget_s:
             out[rel] = None
             errors.append(f"{rel}: not timed (over the {budget_s:g} s budget of this run)")
             continue
-        at.switch_page(rel).run()                     # first (cold) render
-        t0 = time.perf_counter()
-        at.switch_page(rel).run()                     # second (warm) render: timed
-        ms = (time.perf_counter() - t0) * 1e3
-        failed = [str(e.value) for e in at.exception]
-        out[rel] = None if failed else round(ms, 1)
-        errors += [f"{rel}: {m[:200]}" for m in failed]
-    return {"pages": out, "errors": errors}
+        out[rel], failed = _time_page(at, rel, repeats)
+        errors += failed
+    return {"pages": out, "errors": errors, "repeats": repeats, "load_avg": list(os.getloadavg())}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "none" else None)))
+    budget = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "none" else None
+    print(json.dumps(main(budget, int(sys.argv[2]) if len(sys.argv) > 2 else 3)))

@@ -9,11 +9,14 @@ per key); the second waits and reads the first's result.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import pickle
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -24,16 +27,28 @@ from core.config import cache_root, stable_hash
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_SIZE_LIMIT = 8 * 2**30
+DEFAULT_MEMO_BYTES = 256 * 2**20
 
 
 class ResultCache:
-    """Analysis-result cache with hit/miss counters (``hits``, ``misses``, ``dropped``)."""
+    """Analysis-result cache with hit/miss counters (``hits``, ``misses``, ``dropped``).
 
-    def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
+    ``memo_bytes > 0`` (as in :func:`default_cache`) puts a bounded in-process memo of the
+    verified pickles in front of the disk cache (least recently used out first): a warm
+    read skips SQLite and the checksum, and still unpickles a fresh copy, so callers never
+    share a mutable result. Keys include the fingerprints of the inputs, so a memoised
+    value is never stale.
+    """
+
+    def __init__(self, directory: str | Path | None = None, size_limit: int = DEFAULT_SIZE_LIMIT,
+                 memo_bytes: int = 0):
         self.directory = Path(directory) if directory else cache_root() / "results"
         self.size_limit = int(size_limit)
+        self.memo_bytes = int(memo_bytes)
         self.hits = self.misses = self.dropped = 0
         self._local = threading.Lock()
+        self._memo: OrderedDict[str, bytes] = OrderedDict()
+        self._memo_size = 0
         self._cache = self._open()
 
     def _open(self) -> diskcache.Cache:
@@ -53,7 +68,35 @@ class ResultCache:
         """Stable key of a frozen request dataclass plus the fingerprints of its inputs."""
         return f"{type(request).__name__}-{stable_hash(request, list(fingerprints), length=32)}"
 
+    def _memo_get(self, key: str) -> bytes | None:
+        with self._local:
+            blob = self._memo.get(key)
+            if blob is not None:
+                self._memo.move_to_end(key)
+            return blob
+
+    def _memo_put(self, key: str, blob: bytes) -> None:
+        if len(blob) > self.memo_bytes // 4:  # a few huge values must not flush everything else
+            return
+        with self._local:
+            old = self._memo.pop(key, None)
+            self._memo_size += len(blob) - (len(old) if old is not None else 0)
+            self._memo[key] = blob
+            while self._memo_size > self.memo_bytes:
+                self._memo_size -= len(self._memo.popitem(last=False)[1])
+
+    def _memo_drop(self, key: str | None = None) -> None:
+        with self._local:
+            if key is None:
+                self._memo.clear()
+                self._memo_size = 0
+            elif (old := self._memo.pop(key, None)) is not None:
+                self._memo_size -= len(old)
+
     def _read(self, key: str) -> tuple[bool, Any]:
+        blob = self._memo_get(key)
+        if blob is not None:
+            return True, pickle.loads(blob)
         try:
             raw = self._cache.get(key, default=None, retry=True)
         except (sqlite3.DatabaseError, OSError, pickle.UnpicklingError, EOFError) as exc:
@@ -66,7 +109,9 @@ class ResultCache:
             digest, blob = raw
             if hashlib.sha256(blob).hexdigest() != digest:
                 raise ValueError("checksum mismatch")
-            return True, pickle.loads(blob)
+            value = pickle.loads(blob)
+            self._memo_put(key, blob)
+            return True, value
         except Exception as exc:  # noqa: BLE001 - any damage means: drop and recompute
             log.warning("cache entry %s is corrupt (%s); dropping it and recomputing", key, exc)
             self._drop(key)
@@ -74,6 +119,7 @@ class ResultCache:
 
     def _drop(self, key: str) -> None:
         self.dropped += 1
+        self._memo_drop(key)
         try:
             self._cache.delete(key, retry=True)
         except (sqlite3.DatabaseError, OSError):
@@ -86,15 +132,23 @@ class ResultCache:
     def put(self, key: str, value: Any) -> None:
         blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         self._cache.set(key, (hashlib.sha256(blob).hexdigest(), blob), retry=True)
+        self._memo_put(key, blob)
 
-    def get_or_compute(self, request: Any, fingerprints: Sequence[str], compute: Callable[[], T]) -> T:
-        """Return the cached value for ``(request, fingerprints)`` or compute, store and return it."""
+    def get_or_compute(self, request: Any, fingerprints: Sequence[str], compute: Callable[[], T],
+                       on_miss: Callable[[], None] | None = None) -> T:
+        """Return the cached value for ``(request, fingerprints)`` or compute, store and return it.
+
+        ``on_miss`` is called once when the value is not cached, before waiting for another
+        caller computing it or computing it here (e.g. to show progress only when needed).
+        """
         key = self.key(request, fingerprints)
         found, value = self._read(key)
         if found:
             with self._local:
                 self.hits += 1
             return value
+        if on_miss is not None:
+            on_miss()
         with diskcache.Lock(self._cache, f"lock:{key}", expire=3600):
             found, value = self._read(key)  # another caller may have finished meanwhile
             if found:
@@ -103,8 +157,10 @@ class ResultCache:
                 return value
             with self._local:
                 self.misses += 1
+            started = time.time()
             value = compute()
             self.put(key, value)
+            _log_compute(key, started)
             return value
 
     def contains(self, request: Any, fingerprints: Sequence[str]) -> bool:
@@ -115,10 +171,30 @@ class ResultCache:
         return int(self._cache.volume())
 
     def clear(self) -> None:
+        self._memo_drop()
         self._cache.clear(retry=True)
 
     def close(self) -> None:
         self._cache.close()
+
+
+COMPUTE_LOG_ENV = "FILTERSCOPE_COMPUTE_LOG"
+
+
+def _log_compute(key: str, started: float) -> None:
+    """Append one JSON line per computed (not cached) result to the file named by
+    ``$FILTERSCOPE_COMPUTE_LOG``, when set: an audit of what was computed, by which
+    process and thread, and when. The tests count computations across processes with it."""
+    path = os.environ.get(COMPUTE_LOG_ENV)
+    if not path:
+        return
+    line = json.dumps({"key": key, "pid": os.getpid(), "thread": threading.get_ident(),
+                       "start": round(started, 4), "end": round(time.time(), 4)}) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as fh:  # one short append: whole lines across processes
+            fh.write(line)
+    except OSError as exc:
+        log.warning("cannot append to the compute log %s: %s", path, exc)
 
 
 _DEFAULT: dict[Path, ResultCache] = {}
@@ -130,8 +206,6 @@ def default_cache() -> ResultCache:
     directory = cache_root() / "results"
     with _DEFAULT_LOCK:
         if directory not in _DEFAULT:
-            import os
-
             limit = int(float(os.environ.get("FILTERSCOPE_CACHE_GB", DEFAULT_SIZE_LIMIT / 2**30)) * 2**30)
-            _DEFAULT[directory] = ResultCache(directory, size_limit=limit)
+            _DEFAULT[directory] = ResultCache(directory, size_limit=limit, memo_bytes=DEFAULT_MEMO_BYTES)
         return _DEFAULT[directory]
