@@ -303,7 +303,8 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
     ----------
     model : str or LoadedModel
         A model id (``demo:finetuned``, ``tv:alexnet@/w.pth``: each actor builds it) or a
-        built model (put in the object store once; each actor fetches one copy).
+        built model (put in the object store once; each actor fetches one copy). An id
+        without a weights file (random init) is shipped as the driver's built model.
     data : str or ImageSet
         A dataset id (each actor loads it) or an image set object (one object-store copy).
     layers : sequence of str
@@ -333,6 +334,8 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
     """
     loaded, dataset = _resolve_model(model), _resolve_data(data)
     layers = _validated_layers(loaded, dataset, layers)
+    if isinstance(model, str) and not loaded.spec.weights.sha256:
+        model = loaded   # random init (no weights file): every actor must get these same weights
     directory = extraction.features_dir(loaded, dataset, root)
     directory.mkdir(parents=True, exist_ok=True)
     have = {} if force else {l: f for l in layers if (f := extraction.open_layer(directory, l)) is not None}
