@@ -38,7 +38,7 @@ from core.training import TrainConfig, accuracy, init_weights, predict, train
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -69,6 +69,11 @@ class DemoConfig:
     net: DemoNetConfig = DemoNetConfig()
     #: snapshots from which extra fine-tunings run (Table 4); the final one is "finetuned"
     finetune_from: tuple[int, ...] = (100,)
+    #: difficulty of the source (ImageNet's role: one dominant, larger object, light clutter)
+    #: and of the target / scene tasks (PASCAL's role: cluttered, occluded, 1-4 objects)
+    source_scenes: scenes.SceneConfig = scenes.SceneConfig(clutter=0.4, occlusion=0.2, distractor_prob=0.15,
+                                                           source_min_scale=24.0, jitter=0.6, noise=4.0)
+    target_scenes: scenes.SceneConfig = scenes.SceneConfig()
 
 
 PROFILES = {
@@ -95,8 +100,30 @@ def demo_dir(profile: str | None = None) -> Path:
     return cache_root() / "demo" / (profile or profile_name())
 
 
+def config_hash(cfg: DemoConfig) -> str:
+    """Identity of a demo build: its format, the scene renderer's version and the whole config."""
+    return stable_hash(DEMO_FORMAT, scenes.SCENES_VERSION, cfg)
+
+
+def _built_manifest(profile: str) -> dict | None:
+    path = demo_dir(profile) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return _manifest_cached(str(path), path.stat().st_mtime)
+    except (OSError, ValueError):
+        return None
+
+
 def is_built(profile: str | None = None) -> bool:
-    return (demo_dir(profile) / "manifest.json").is_file()
+    """True when a complete demo built from the current code's config is there.
+
+    A demo built by an older version (other config or format) counts as not built: the
+    next build replaces it.
+    """
+    profile = profile or profile_name()
+    man = _built_manifest(profile)
+    return man is not None and man.get("config_hash") == config_hash(PROFILES[profile])
 
 
 @lru_cache(maxsize=4)
@@ -149,10 +176,14 @@ def _step_data(cfg: DemoConfig, root: Path, progress: Progress | None) -> None:
     d.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed
     jobs = [
-        ("source-train", lambda: scenes.generate_source(cfg.source_train, seed, size=cfg.size)),
-        ("source-val", lambda: scenes.generate_source(cfg.source_val, seed + 1000, size=cfg.size)),
-        ("scene-train", lambda: scenes.generate_scene_task(cfg.scene_train, seed + 3000, size=cfg.size)),
-        ("scene-test", lambda: scenes.generate_scene_task(cfg.scene_test, seed + 3001, size=cfg.size)),
+        ("source-train", lambda: scenes.generate_source(cfg.source_train, seed, size=cfg.size,
+                                                        config=cfg.source_scenes)),
+        ("source-val", lambda: scenes.generate_source(cfg.source_val, seed + 1000, size=cfg.size,
+                                                      config=cfg.source_scenes)),
+        ("scene-train", lambda: scenes.generate_scene_task(cfg.scene_train, seed + 3000, size=cfg.size,
+                                                           config=cfg.target_scenes)),
+        ("scene-test", lambda: scenes.generate_scene_task(cfg.scene_test, seed + 3001, size=cfg.size,
+                                                          config=cfg.target_scenes)),
     ]
     for i, (name, make) in enumerate(jobs):
         if not (d / f"{name}-labels.npy").exists():
@@ -164,7 +195,7 @@ def _step_data(cfg: DemoConfig, root: Path, progress: Progress | None) -> None:
     for j, (split, n, s) in enumerate((("train", cfg.target_train, 2000), ("val", cfg.target_val, 2001),
                                        ("test", cfg.target_test, 2002))):
         if not (d / f"target-{split}-detgt-labels.npy").exists():
-            sc = scenes.generate_target(n, seed + s, size=cfg.size)
+            sc = scenes.generate_target(n, seed + s, size=cfg.size, config=cfg.target_scenes)
             _save_npy(d / f"target-{split}-images.npy", sc.images)
             _save_npy(d / f"target-{split}-labels.npy", sc.image_labels.astype(bool))
             np.savez(d / f"target-{split}-annotations.npz", **all_boxes(sc))
@@ -281,19 +312,25 @@ def build(profile: str | None = None, *, progress: Progress | None = None, force
     profile = profile or profile_name()
     cfg = PROFILES[profile]
     final = demo_dir(profile)
+    key = config_hash(cfg)
     with _build_lock(final):
-        if force and final.exists():
+        if final.exists() and (force or not is_built(profile)):
+            if not force:
+                log.warning("the demo in %s was built by another version (config changed); rebuilding it", final)
             shutil.rmtree(final)
         if is_built(profile):
             return manifest(profile)
-        partial = final.with_name(final.name + ".partial")
+        for stale in final.parent.glob(f"{final.name}.partial*"):  # half builds of other configs
+            if stale.name != f"{final.name}.partial-{key}":
+                shutil.rmtree(stale, ignore_errors=True)
+        partial = final.with_name(f"{final.name}.partial-{key}")
         partial.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         _step_data(cfg, partial, progress)
         t_data = time.perf_counter() - t0
         pre = _step_pretrain(cfg, partial, progress)
         fts = _step_finetune(cfg, partial, progress)
-        info = {"format": DEMO_FORMAT, "profile": profile, "config": _jsonable_cfg(cfg),
+        info = {"format": DEMO_FORMAT, "profile": profile, "config_hash": key, "config": _jsonable_cfg(cfg),
                 "code_version": code_version(), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": {"data": t_data, "total_training": time.perf_counter() - t0},
                 "pretrain": {k: v for k, v in pre.items() if k != "loss_curve"},
@@ -375,4 +412,6 @@ def demo_tasks(profile: str | None = None) -> list:
                  "demo:target-test", "cls", "PASCAL-CLS"),
         TaskSpec("demo-scene", "Demo scenes · scene classification", "demo:scene-train", "demo:scene-test",
                  "scene", "SUN-CLS"),
+        TaskSpec("demo-det", "Demo target · object detection (R-CNN on windows)", "demo:target-train",
+                 "demo:target-test", "det", "PASCAL-DET"),
     ]

@@ -18,7 +18,7 @@ def test_build_is_idempotent_and_complete(demo_env):
     again = demo.build("tiny")
     assert again["built"] == first["built"]
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
-    assert not root.with_name("tiny.partial").exists()
+    assert not list(root.parent.glob("tiny.partial*"))
     models = service.models()
     for mid in ("demo:pretrained", "demo:finetuned", "demo:fc-finetuned", "demo:scratch"):
         assert mid in models
@@ -57,7 +57,7 @@ def test_detgt_crops_match_boxes(demo_env):
 def test_killed_build_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("FILTERSCOPE_CACHE", str(tmp_path))
     cfg = demo.PROFILES["tiny"]
-    partial = demo.demo_dir("tiny").with_name("tiny.partial")
+    partial = demo.demo_dir("tiny").with_name(f"tiny.partial-{demo.config_hash(cfg)}")
     partial.mkdir(parents=True)
     demo._step_data(cfg, partial, None)
     demo._step_pretrain(cfg, partial, None)
@@ -81,3 +81,13 @@ def test_unknown_ids_and_profiles(demo_env, monkeypatch):
     monkeypatch.setenv("FILTERSCOPE_DEMO", "huge")
     with pytest.raises(InputError, match="FILTERSCOPE_DEMO"):
         demo.profile_name()
+
+
+def test_demo_of_another_config_counts_as_not_built(demo_env, monkeypatch):
+    """A demo built by older code (other config) is not served: the next build replaces it."""
+    from dataclasses import replace
+
+    assert demo.is_built("tiny")
+    monkeypatch.setitem(demo.PROFILES, "tiny", replace(demo.PROFILES["tiny"], seed=5))
+    assert not demo.is_built("tiny")
+    assert "demo:finetuned" not in service.models()
