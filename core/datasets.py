@@ -13,6 +13,7 @@ Real-data loaders (below the base classes), all returning ``ImageSet``s:
   crop (context padding 16 at 227 px) per ground-truth box, single-label.
 * :func:`image_folder` -- any torchvision ``ImageFolder`` tree (one folder per class).
 * :func:`fashion_mnist` -- the IDX files of Debian's ``dataset-fashion-mnist`` package.
+* :func:`sun397` -- SUN397 scenes (SUN-CLS) and :func:`sun397_partitions`, its official splits.
 * :func:`load_dataset` -- one string spec -> ``ImageSet``, with a prefix registry
   (:func:`register_dataset`) for extra sources such as the demo scenes.
 
@@ -629,6 +630,78 @@ def fashion_mnist(root: PathLike | None = None, split: str = "train", size: int 
                          labels, names, fingerprint=fp)
 
 
+# =========================================================================== SUN397 (SUN-CLS)
+class SUNImageSet(FileImageSet):
+    """SUN397 scenes, single-label. ``rel_paths`` ``[N]`` str: each image as the official
+    partition lists name it (``/a/abbey/sun_xxx.jpg``), to match ``Training_XX`` / ``Testing_XX``."""
+
+    rel_paths: np.ndarray
+
+
+def sun397(root: PathLike) -> SUNImageSet:
+    """SUN397 (the paper's SUN-CLS) from a local copy, via ``torchvision.datasets.SUN397(download=False)``.
+
+    ``root`` is the folder holding ``SUN397/`` (with ``ClassName.txt`` and ``a/abbey/sun_*.jpg``)
+    or that folder itself. Images are listed as torchvision lists them, then sorted by path
+    so the order is the same on every machine.
+
+    Raises
+    ------
+    DataMissingError
+        No ``SUN397`` folder or ``ClassName.txt`` (the message says what to extract where).
+    """
+    from torchvision.datasets import SUN397
+
+    root = Path(root).expanduser()
+    if root.name == "SUN397" and not (root / "SUN397").is_dir():
+        root = root.parent
+    data_dir = root / "SUN397"
+    if not (data_dir / "ClassName.txt").is_file():
+        raise DataMissingError(f"no SUN397 data at {data_dir} (ClassName.txt missing): extract SUN397.tar.gz "
+                               f"into {root} so that {data_dir / 'ClassName.txt'} exists, or use an ImageFolder tree")
+    try:
+        tv = SUN397(str(root), download=False)
+    except (KeyError, RuntimeError) as exc:
+        raise InputError(f"{data_dir} does not match SUN397's layout ({exc!r}): images must lie in "
+                         "<letter>/<class>/sun_*.jpg as listed in ClassName.txt") from exc
+    pairs = sorted(zip((str(p) for p in tv._image_files), tv._labels))
+    if not pairs:
+        raise InputError(f"{data_dir} holds no sun_*.jpg image")
+    rel = ["/" + str(Path(p).relative_to(data_dir)) for p, _ in pairs]
+    stats = [(r, lab, os.stat(p).st_size) for r, (p, lab) in zip(rel, pairs)]
+    out = SUNImageSet("sun397", [p for p, _ in pairs], np.array([lab for _, lab in pairs], np.int64),
+                      tuple(tv.classes), stable_hash("sun397", list(tv.classes), stats))
+    out.rel_paths = np.array(rel, dtype=str)
+    return out
+
+
+def sun397_partitions(root: PathLike, data: SUNImageSet) -> list[np.ndarray]:
+    """SUN397's official partitions (``Partitions/Training_XX.txt`` / ``Testing_XX.txt`` beside or
+    inside the ``SUN397`` folder), as ``[N]`` int8 arrays: 0 train, 2 test, -1 not in the
+    partition. An empty list when the lists are absent (then use seeded splits)."""
+    root = Path(root).expanduser()
+    cands = [root / "Partitions", root / "SUN397" / "Partitions", root.parent / "Partitions"]
+    folder = next((c for c in cands if (c / "Training_01.txt").is_file()), None)
+    if folder is None:
+        return []
+    where = {r: i for i, r in enumerate(data.rel_paths)}
+    parts = []
+    for k in range(1, 11):
+        tr, te = folder / f"Training_{k:02d}.txt", folder / f"Testing_{k:02d}.txt"
+        if not (tr.is_file() and te.is_file()):
+            break
+        part = np.full(len(data), -1, np.int8)
+        for value, f in ((0, tr), (2, te)):
+            names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
+            missing = [n for n in names if n not in where]
+            if missing:
+                raise DataMissingError(f"{f} lists {len(missing)} image(s) not found under the SUN397 folder, "
+                                       f"e.g. {missing[0]}: re-extract SUN397.tar.gz")
+            part[[where[n] for n in names]] = value
+        parts.append(part)
+    return parts
+
+
 # =========================================================================== dispatch
 DatasetFactory = Callable[..., ImageSet]
 
@@ -697,3 +770,4 @@ def load_dataset(spec: str, **kw) -> ImageSet:
 register_dataset("voc2007", _voc_spec)
 register_dataset("imagefolder", lambda rest, **kw: image_folder(rest, **kw))
 register_dataset("fashion-mnist", _fashion_spec)
+register_dataset("sun397", lambda rest, **kw: sun397(rest, **kw))

@@ -655,3 +655,297 @@ def demo_summary() -> dict:
             "source_val_accuracy_by_snapshot": man["pretrain"].get("source_val_accuracy_by_snapshot", {}),
             "finetune": {k: v.get("target_detgt_test_accuracy") for k, v in man["finetune"].items()},
             "seconds": man.get("seconds", {}), "profile": man["profile"], "built": man["built"]}
+
+# =========================================================================== detection and scene tasks (issue #11)
+# PASCAL-DET (R-CNN on region proposals) and SUN-CLS (scene classification over fixed splits) as
+# first-class tasks, and the paper's Tables 1, 2, 4, 7, 8 per task with the paper's figures beside.
+from dataclasses import replace as _replace  # noqa: E402
+
+from core import detection as rcnn  # noqa: E402
+from core.analysis import scene_cls  # noqa: E402
+
+#: The demo's detection setting: 126 windows per 64 px image, training on the first 200 train
+#: images and evaluating on the first 400 test images, so one network and layer takes <= 2 min on
+#: 2 CPU cores (deviation: the paper uses all of VOC 2007 trainval / test and selective search).
+DEMO_DETECTION = rcnn.DetectionConfig(proposals="windows", max_train_images=200, max_test_images=400)
+#: Real data (VOC): selective search "fast", 2000 proposals per image, every image, as R-CNN.
+REAL_DETECTION = rcnn.DetectionConfig(proposals="selective-search", max_proposals=2000)
+
+
+@lru_cache(maxsize=16)
+def load_detection(dataset_id: str) -> rcnn.DetectionData:
+    """Whole images and every ground-truth box of a detection split (cached per process)."""
+    return rcnn.load_detection_data(dataset_id)
+
+
+def _require_kind(t: TaskSpec, kinds: tuple[str, ...], what: str) -> None:
+    if t.kind not in kinds:
+        raise InputError(f"{what} needs a {' or '.join(kinds)} task; '{t.id}' is a {t.kind} task "
+                         f"({t.title}). Pick a {'detection' if 'det' in kinds else 'scene'} task in the sidebar.")
+
+
+def detection_config(task_id: str, layer: str = "fc7", ablation: str = "original") -> rcnn.DetectionConfig:
+    """The task's default detection setting with this layer and ablation."""
+    t = task(task_id)
+    base = DEMO_DETECTION if t.train.startswith("demo:") else REAL_DETECTION
+    return _replace(base, layer=layer, ablation=ablation)
+
+
+@dataclass(frozen=True)
+class DetectionRequest:
+    model: str
+    task: str
+    config: rcnn.DetectionConfig
+
+
+def detection_result(model_id: str, task_id: str, layer: str = "fc7", ablation: str = "original",
+                     progress: Progress | None = None,
+                     config: rcnn.DetectionConfig | None = None) -> dict:
+    """PASCAL-DET: train R-CNN detectors on the task's train split, VOC 2007 AP on its test split.
+
+    Cached under the request (model, task, :class:`~core.detection.DetectionConfig`) plus the
+    model's weights and both splits' annotation fingerprints. Region features go through the
+    feature store, so a second layer or ablation of the same proposals re-uses them.
+    """
+    t = task(task_id)
+    _require_kind(t, ("det",), "detection")
+    cfg = config or detection_config(task_id, layer, ablation)
+    lm = load_model(model_id)
+    tr, te = load_detection(t.train), load_detection(t.test)
+
+    def compute() -> dict:
+        r = rcnn.run_detection(lm, tr, te, cfg, progress=progress)
+        params = {k: v for k, v in asdict_config(cfg).items() if k in ("proposals", "ablation", "max_train_images",
+                                                                          "max_test_images", "mining_rounds")}
+        return {"map": r.map, "ap": r.ap, "class_names": r.class_names, "result": r,
+                "provenance": _prov(model_id, f"{t.train} -> {t.test}", cfg.layer, params)}
+
+    fps = [extraction.model_key(lm), tr.fingerprint, te.fingerprint]
+    return _cached(DetectionRequest(model_id, task_id, cfg), fps, compute)
+
+
+def asdict_config(cfg: rcnn.DetectionConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def detection_map(model_id: str, task_id: str, layer: str = "fc7", ablation: str = "original",
+                  progress: Progress | None = None) -> dict:
+    """Detection mAP (fraction), per-class AP and provenance (Tables 1, 2, 4, 8)."""
+    r = detection_result(model_id, task_id, layer, ablation, progress)
+    return {"map": r["map"], "ap": r["ap"], "class_names": r["class_names"], "provenance": r["provenance"],
+            "stats": r["result"].stats}
+
+
+def is_detection_cached(model_id: str, task_id: str, layer: str = "fc7", ablation: str = "original") -> bool:
+    """Whether :func:`detection_map` would answer from the cache (pages show progress otherwise)."""
+    t = task(task_id)
+    lm = load_model(model_id)
+    tr, te = load_detection(t.train), load_detection(t.test)
+    req = DetectionRequest(model_id, task_id, detection_config(task_id, layer, ablation))
+    return default_cache().contains(req, [extraction.model_key(lm), tr.fingerprint, te.fingerprint])
+
+
+def detection_images(task_id: str) -> int:
+    """How many test images the task's detection evaluation covers."""
+    t = task(task_id)
+    n = len(load_detection(t.test).images)
+    cap = detection_config(task_id).max_test_images
+    return min(n, cap) if cap else n
+
+
+def detections(model_id: str, task_id: str, image_index: int, layer: str = "fc7", ablation: str = "original",
+               per_class: int = 3, min_score: float | None = -1.0, progress: Progress | None = None) -> dict:
+    """One test image with its top detections per class and its ground-truth boxes (Detections view).
+
+    ``min_score`` -1 keeps detections on or above the SVM margin (R-CNN's hard-negative threshold).
+    """
+    t = task(task_id)
+    n = detection_images(task_id)
+    if not 0 <= int(image_index) < n:
+        raise InputError(f"image index {image_index} is out of range: the evaluation covers test images 0..{n - 1}")
+    res = detection_result(model_id, task_id, layer, ablation, progress)
+    te = load_detection(t.test)
+    m = te.image_index == int(image_index)
+    gt = [{"class": int(c), "class_name": te.class_names[int(c)], "box": tuple(float(v) for v in b),
+           "difficult": bool(d)} for b, c, d in zip(te.boxes[m], te.labels[m], te.difficult[m])]
+    return {"image": np.asarray(te.images.image(int(image_index))), "ground_truth": gt,
+            "detections": rcnn.image_detections(res["result"], int(image_index), per_class, min_score),
+            "class_names": te.class_names, "map": res["map"], "provenance": res["provenance"], "num_images": n}
+
+
+# ---- SUN-CLS protocol
+@dataclass(frozen=True)
+class SceneRequest:
+    model: str
+    task: str
+    layer: str
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+def _scene_partitions(t: TaskSpec, n: int) -> list[np.ndarray] | None:
+    """SUN397's official partitions when the task's data has them, else None (seeded splits)."""
+    from core.datasets import SUNImageSet, sun397_partitions
+
+    data = load_set(t.train)
+    if t.train == t.test and isinstance(data, SUNImageSet):
+        parts = sun397_partitions(t.train.partition(":")[2], data)
+        return parts or None
+    return None
+
+
+def scene_accuracy(model_id: str, task_id: str, layer: str = "fc7", seeds: Sequence[int] = range(5),
+                   progress: Progress | None = None) -> dict:
+    """SUN-CLS: class-averaged accuracy (fraction), mean ± std over fixed partitions.
+
+    The task's train and test items are pooled and re-split 50/10/40 per seed (the paper's
+    protocol), or SUN397's official Training_XX / Testing_XX lists are used when present.
+    """
+    t = task(task_id)
+    _require_kind(t, ("scene",), "scene classification")
+    sets = [t.train] if t.train == t.test else [t.train, t.test]
+    feats = [features(model_id, s, layer, progress=progress) for s in sets]
+    seeds = tuple(int(s) for s in seeds)
+
+    def compute() -> dict:
+        x = np.concatenate([np.asarray(f.array(), np.float32).reshape(len(f.array()), -1) for f in feats])
+        y = np.concatenate([np.asarray(load_set(s).labels) for s in sets])
+        parts = _scene_partitions(t, len(y))
+        res = scene_cls.scene_classification(x, y, load_set(t.train).num_classes, seeds=seeds, partitions=parts)
+        return {"mean": res.mean, "std": res.std, "accuracies": res.accuracies,
+                "protocol": "official partitions" if parts else f"seeded 50/10/40 splits {list(seeds)}",
+                "provenance": _prov(model_id, " + ".join(sets), layer, {"splits": len(res.accuracies)})}
+
+    return _cached(SceneRequest(model_id, task_id, layer, seeds), [f.fingerprint for f in feats], compute)
+
+
+def task_metric(model_id: str, task_id: str, layer: str = "fc7", progress: Progress | None = None) -> dict:
+    """The task's own measure in percent: detection mAP, scene accuracy (± std) or linear mAP."""
+    t = task(task_id)
+    if t.kind == "det":
+        return {"value": 100 * detection_map(model_id, task_id, layer, progress=progress)["map"], "std": None,
+                "metric": "detection mAP (VOC07)"}
+    if t.kind == "scene":
+        r = scene_accuracy(model_id, task_id, layer, progress=progress)
+        return {"value": 100 * r["mean"], "std": 100 * r["std"], "metric": "mean class accuracy"}
+    return {"value": 100 * layer_map(model_id, task_id, layer, progress)["map"], "std": None, "metric": "mAP"}
+
+
+# ---- the paper's tables, measured per task, with the paper's numbers as a reference column
+#: The paper's figures (AlexNet pretrained on ImageNet; Agrawal et al. 2014), keyed by table and task.
+PAPER_TABLES: dict[int, dict[str, dict]] = {
+    1: {"SUN-CLS": {"scratch": "40.4 ± 0.2", "pre-train": "53.1 ± 0.2", "fine-tune": "56.8 ± 0.2"},
+        "PASCAL-DET": {"scratch": "40.7", "pre-train": "45.5", "fine-tune": "54.1"},
+        "PASCAL-DET+DATA": {"scratch": "52.3", "pre-train": "45.5", "fine-tune": "59.2"}},
+    2: {"SUN-CLS": {"ft": "56.8 ± 0.2", "fc-ft": "56.2 ± 0.1"},
+        "PASCAL-DET": {"ft": "54.1", "fc-ft": "53.3"},
+        "PASCAL-DET+DATA": {"ft": "59.2", "fc-ft": "56.0"}},
+    4: {"SUN-CLS": {"50k": "53.0 ± 0.2", "105k": "54.6 ± 0.1", "205k": "56.3 ± 0.2", "305k": "56.6 ± 0.2"},
+        "PASCAL-DET": {"50k": "50.2", "105k": "52.6", "205k": "55.3", "305k": "55.4"}},
+    7: {"PASCAL-CLS": {
+        "conv1": {"original": "25.1 ± 0.5", "binarize": "17.7 ± 0.2", "sp-shuffle": "15.1 ± 0.3", "sp-max": "25.4 ± 0.5"},
+        "conv2": {"original": "45.3 ± 0.5", "binarize": "43.0 ± 0.6", "sp-shuffle": "32.9 ± 0.7", "sp-max": "40.1 ± 0.3"},
+        "conv3": {"original": "50.7 ± 0.6", "binarize": "47.2 ± 0.6", "sp-shuffle": "41.0 ± 0.8", "sp-max": "54.1 ± 0.5"},
+        "conv4": {"original": "54.5 ± 0.7", "binarize": "51.5 ± 0.7", "sp-shuffle": "45.2 ± 0.8", "sp-max": "57.0 ± 0.5"},
+        "conv5": {"original": "65.6 ± 0.6", "binarize": "60.8 ± 0.7", "sp-shuffle": "59.5 ± 0.4", "sp-max": "62.5 ± 0.6"},
+        "fc6": {"original": "71.7 ± 0.3", "binarize": "71.5 ± 0.4"},
+        "fc7": {"original": "74.1 ± 0.3", "binarize": "73.7 ± 0.4"}}},
+    8: {"PASCAL-DET": {"conv5": {"original": "47.6", "binarize": "45.7", "sp-max": "25.4"}}},
+}
+PAPER_TABLE_TASKS = {1: ("scene", "det"), 2: ("scene", "det"), 4: ("scene", "det"), 7: ("cls", "det-gt", "scene", "det"),
+                     8: ("det",)}
+
+
+def paper_column(t: TaskSpec) -> str:
+    """Header of the reference column: whose numbers they are."""
+    return f"paper: AlexNet, ImageNet → {t.paper or t.kind} (%)"
+
+
+def _task_of_kind(task_kind: str, task_id: str | None) -> TaskSpec:
+    if task_id:
+        return task(task_id)
+    found = [t for t in tasks().values() if t.kind == task_kind]
+    if not found:
+        raise DataMissingError(f"no {task_kind} task is available: build the demo or register one")
+    return found[0]
+
+
+def _fmt(value: float, std: float | None) -> str:
+    return f"{value:.1f}" if std is None else f"{value:.1f} ± {std:.1f}"
+
+
+def _model_rows(n: int) -> list[tuple[str, str]]:
+    g = demo_variants()
+    if n == 1:
+        names = {"demo:scratch": "scratch", "demo:pretrained": "pre-train", "demo:finetuned": "fine-tune"}
+        return [(names[m], m) for m in g["regimes"]]
+    if n == 2:
+        names = {"demo:finetuned": "ft", "demo:fc-finetuned": "fc-ft"}
+        return [(names[m], m) for m in g["ft_vs_fc"]]
+    ids = g["ft_from"]
+    final = int(demo.manifest()["config"]["pretrain"]["iterations"])
+    its = {m: int(m.rsplit("-", 1)[1]) if "from" in m else final for m in ids}
+    return [(f"{its[m]} iterations", m) for m in sorted(ids, key=its.get)]
+
+
+def paper_table(n: int, task_kind: str, task_id: str | None = None, model_id: str = "demo:finetuned",
+                layers: Sequence[str] | None = None, progress: Progress | None = None):
+    """Table ``n`` (1, 2, 4, 7 or 8) measured on a task of ``task_kind``, beside the paper's numbers.
+
+    Returns a DataFrame: ``setting`` (and ``model`` / ``layer``, ``ablation``), ``measured (%)``
+    (the task's own metric, ``± std`` over splits where the protocol has them) and a reference
+    column named by :func:`paper_column` ("—" where the paper reports nothing for this task).
+    Tables 1, 2, 4 use fc7, as the paper; Table 4 aligns the demo's snapshots with the paper's
+    50k ... 305k pretraining iterations by rank (shortest with shortest, final with final).
+    """
+    import pandas as pd
+
+    if n not in PAPER_TABLE_TASKS:
+        raise InputError(f"paper table {n} is not one of {sorted(PAPER_TABLE_TASKS)}")
+    t = _task_of_kind(task_kind, task_id)
+    if t.kind not in PAPER_TABLE_TASKS[n]:
+        raise InputError(f"Table {n} is measured on {', '.join(PAPER_TABLE_TASKS[n])} tasks, not on '{t.id}' "
+                         f"({t.kind}); pick another task")
+    ref = PAPER_TABLES[n].get(t.paper, {})
+    col = paper_column(t)
+    if n in (1, 2, 4):
+        rows = _model_rows(n)
+        keys = list(ref) if n != 4 else list(PAPER_TABLES[4].get(t.paper, {}))
+        out = []
+        for i, (setting, m) in enumerate(rows):
+            r = task_metric(m, t.id, "fc7", progress)
+            if n == 4:
+                k = keys[-1] if i == len(rows) - 1 and keys else (keys[i] if i < len(keys) else None)
+                paper = f"{k}: {ref[k]}" if k else "—"
+            else:
+                paper = ref.get(setting, "—")
+            out.append({"setting": setting, "model": m, "metric": r["metric"],
+                        "measured (%)": _fmt(r["value"], r["std"]), col: paper})
+        return pd.DataFrame(out)
+    return _ablation_paper_table(n, t, model_id, layers, col, progress)
+
+
+def _ablation_paper_table(n: int, t: TaskSpec, model_id: str, layers: Sequence[str] | None, col: str,
+                          progress: Progress | None):
+    import pandas as pd
+
+    ref = PAPER_TABLES[n].get(t.paper, {})
+    if t.kind == "det":
+        layers = list(layers or ["conv5"] if n == 8 else layers or ["conv5", "fc7"])
+        out = []
+        for layer in layers:
+            names = ["original", "binarize"] + (["sp-shuffle", "sp-max"] if layer.startswith("conv") else [])
+            for a in names:
+                v = 100 * detection_map(model_id, t.id, layer, a, progress)["map"]
+                out.append({"layer": layer, "ablation": a, "measured (%)": _fmt(v, None),
+                            col: ref.get(layer, {}).get(a, "—")})
+        return pd.DataFrame(out)
+    out = []
+    for layer in layers or layers_of(model_id):
+        res = ablation(model_id, t.id, layer, progress=progress)
+        for r in res["summary"]:
+            out.append({"layer": layer, "ablation": r["ablation"],
+                        "measured (%)": _fmt(100 * r["mean"], 100 * r["std"]),
+                        col: ref.get(layer, {}).get(r["ablation"], "—")})
+    return pd.DataFrame(out)
