@@ -16,6 +16,9 @@ PAGES = {
     "Explore": [
         st.Page("pages/probe.py", title="Probe your images", icon=":material/image_search:", url_path="probe"),
     ],
+    "Present": [
+        st.Page("pages/report.py", title="Report & presentation", icon=":material/slideshow:", url_path="report"),
+    ],
 }
 
 nav = st.navigation(PAGES, position="sidebar")

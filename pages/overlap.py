@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import clickable, computing, guard, new_click, preset, short_label, sidebar, widget_key
+from ui.common import (clickable, computing, guard, new_click, preset, short_label, show_figure, show_table, sidebar,
+                       widget_key)
 
 preset(layer="conv5")
 sel = sidebar(default_task="demo-detgt")
@@ -44,8 +45,8 @@ with guard("the overlap matrix"):
                             caption=f"Reproduces Fig. 5 · {sel.layer} · {task.title} (SVMs trained on the train split)"
                                     + (f" · class order of {short_label(sel.model)}" if sel.compare else ""),
                             stamp=o.provenance.stamp(), presentation=pres)
-        events[m] = st.plotly_chart(clickable(fig), key=f"ov_matrix_{'main' if m == sel.model else 'compare'}",
-                                    on_select="rerun", selection_mode="points", theme=None)
+        events[m] = show_figure(clickable(fig), f"ov_matrix_{'main' if m == sel.model else 'compare'}",
+                                provenance=o.provenance, on_select="rerun", selection_mode="points", theme=None)
     for m in sel.models:
         p = new_click(events[m], f"ov_{m}")
         if p is not None and p.get("x") in names and p.get("y") in names:
@@ -78,5 +79,6 @@ with guard("the overlap matrix"):
                            f"|w| (i: {names[i]})": np.abs(r.weights[i, shared]).round(3),
                            f"rank (j: {names[j]})": [rank_j[int(f)] for f in shared],
                            f"|w| (j: {names[j]})": np.abs(r.weights[j, shared]).round(3)})
-        st.dataframe(df.sort_values(df.columns[1]), hide_index=True, width="stretch")
+        show_table(df.sort_values(df.columns[1]), "ov_shared", provenance=o.provenance, hide_index=True,
+                   width="stretch", caption=f"Top-{k} filters shared by {names[i]} and {names[j]} (Fig. 5)")
         st.caption("Rank: position of the filter when the class's filters are sorted by |w| (1 = most important).")

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
-from ui.common import computing, guard, model_label, short_label, sidebar
+from core import figures, report, service
+from ui.common import computing, guard, model_label, short_label, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-detgt")
 task = service.task(sel.task)
@@ -26,9 +26,9 @@ with guard("the model summary"):
             + f"\n- **SHA-256:** `{(info.get('weights_sha256') or 'none')[:16]}…`"
         )
         shapes = service.layer_shapes(sel.model)
-        st.dataframe(pd.DataFrame([{"layer": k, "shape (C×H×W)": " × ".join(map(str, v)),
-                                    "filters": v[0]} for k, v in shapes.items()]),
-                     hide_index=True, width="stretch")
+        show_table(pd.DataFrame([{"layer": k, "shape (C×H×W)": " × ".join(map(str, v)),
+                                  "filters": v[0]} for k, v in shapes.items()]), "overview_shapes",
+                   hide_index=True, width="stretch", caption=f"Layer shapes of {sel.model}")
     with right:
         st.subheader(task.title)
         tr, te = service.load_set(task.train), service.load_set(task.test)
@@ -38,7 +38,8 @@ with guard("the model summary"):
             f"- **Test:** `{task.test}` · {len(te)} items · fingerprint `{te.fingerprint[:12]}`\n"
             f"- **Classes ({te.num_classes}):** {', '.join(te.class_names)}"
         )
-        st.dataframe(pd.DataFrame(service.cache_status(sel.model, sel.task)), hide_index=True, width="stretch")
+        show_table(pd.DataFrame(service.cache_status(sel.model, sel.task)), "overview_cache", hide_index=True,
+                   width="stretch", caption=f"Extracted layers of {sel.model} on {task.title}")
 
 st.header("Per-layer linear classifier mAP")
 st.caption("Least-squares linear SVM per class on each layer's features, trained on the task's train split and "
@@ -50,8 +51,10 @@ with guard("the per-layer mAP table"):
     fig = figures.layer_map_figure(df.round(1))
     figures.apply_style(fig, title=None, caption=f"Tables 1-4 analogue · {task.title}",
                         presentation=st.session_state.get("presentation", False))
-    st.plotly_chart(fig, key="overview_map")
-    st.dataframe(df.round(1), width="stretch")
+    provs = [report.layer_map_provenance(m, task) for m in ids]
+    show_figure(fig, "overview_map", provenance=provs, table=df.round(1), table_caption="Per-layer mAP (%)")
+    show_table(df.round(1), "overview_map_table", provenance=provs, width="stretch",
+               caption=f"Per-layer linear-classifier mAP (%), Tables 1-4 analogue · {task.title}")
 
 st.header("The paper's headline findings, checked on this model")
 if sel.task in ("demo-detgt",) or service.task(sel.task).kind in ("det-gt", "scene"):
@@ -59,7 +62,8 @@ if sel.task in ("demo-detgt",) or service.task(sel.task).kind in ("det-gt", "sce
     with guard("the findings"):
         rows = computing("Checking findings…", service.findings, sel.model, pre, sel.task)
         st.caption(f"Comparing {short_label(sel.model)} with {short_label(pre)} on {task.title}.")
-        st.dataframe(pd.DataFrame([{**r, "holds": "✅ yes" if r["holds"] else "❌ no"} for r in rows]),
-                     hide_index=True, width="stretch")
+        show_table(pd.DataFrame([{**r, "holds": "✅ yes" if r["holds"] else "❌ no"} for r in rows]),
+                   "overview_findings", hide_index=True, width="stretch",
+                   caption=f"The paper's headline findings on {sel.model} vs. {pre} · {task.title}")
 else:
     st.info("Findings are checked on single-label tasks (DET-GT crops or scenes); pick one in the sidebar.")

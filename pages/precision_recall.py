@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, figures, service
-from ui.common import computing, guard, preset, short_label, sidebar
+from ui.common import computing, guard, preset, short_label, show_figure, show_table, sidebar
 
 preset(layer="conv5")
 sel = sidebar(cls=True, default_task="demo-detgt")
@@ -44,7 +44,7 @@ with guard("the precision-recall curves"):
     fig = figures.pr_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
     figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 3 · {sel.layer} · {task.title} (test split)",
                         stamp=main.provenance.stamp(), presentation=pres)
-    st.plotly_chart(fig, key="pr_curves", theme=None)
+    show_figure(fig, "pr_curves", provenance=[aps[m].provenance for m in sel.models], theme=None)
 
 st.header("Grandmother cells? Best single filter per class")
 with guard("the grandmother-cell view"):
@@ -59,15 +59,16 @@ with guard("the grandmother-cell view"):
     figures.apply_style(fig, title=f"Best single filter per class vs. all filters · {short_label(model)}",
                         caption=f"Sec. 4.1 · {sel.layer} · {task.title} (test split)",
                         stamp=res.provenance.stamp(), presentation=pres)
-    st.plotly_chart(fig, key="pr_leaderboard", theme=None)
+    show_figure(fig, "pr_leaderboard", provenance=res.provenance, theme=None)
 
     ratio = st.slider("Candidate if single-filter AP ≥ this fraction of the all-filter SVM AP", 0.3, 1.0, 0.8,
                       step=0.05, key="pr_gmc_ratio")
     gmc = analysis.grandmother_cells(res.ap, full, ratio=ratio)
     if len(gmc):
         gmc = gmc.assign(**{"class": [res.class_names[i] for i in gmc["class"]]})
-        st.dataframe(gmc.rename(columns={"ap": "filter AP", "full_ap": "all-filter SVM AP", "ratio": "ratio"})
-                     .round(3), hide_index=True, width="stretch")
+        show_table(gmc.rename(columns={"ap": "filter AP", "full_ap": "all-filter SVM AP", "ratio": "ratio"})
+                   .round(3), "pr_gmc", provenance=res.provenance, hide_index=True, width="stretch",
+                   caption=f"Grandmother-cell candidates (single-filter AP ≥ {ratio:.0%} of the SVM's), Sec. 4.1")
         st.caption(f"{gmc['class'].nunique()} of {len(res.class_names)} classes have a candidate at "
                    f"{ratio:.0%}.")
     else:
@@ -83,4 +84,4 @@ with guard("the AP heatmap"):
     figures.apply_style(fig, title=f"Single-filter AP per class · {short_label(model)} {sel.layer}",
                         caption=f"Sec. 4.1 / Fig. 3 data · {task.title} (test split)",
                         stamp=res.provenance.stamp(), presentation=pres)
-    st.plotly_chart(fig, key="pr_heatmap", theme=None)
+    show_figure(fig, "pr_heatmap", provenance=res.provenance, theme=None)

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, probe, service
-from ui.common import computing, custom_value, guard, new_click, preset, short_label, sidebar
+from ui.common import computing, custom_value, guard, new_click, preset, short_label, show_figure, show_table, sidebar
 
 MAX_TABS = 12  # per-image detail tabs; the across-images chart covers every image
 REPRO_TOP = "Reproduces the top-activation views of Secs. 3-4."
@@ -126,27 +126,29 @@ def _strongest(m: str, i: int, r) -> None:
                                          alpha=ALPHA, tile_height=tile_h)
         figures.apply_style(grid, title=f"Where the strongest filters fire · {short_label(m)}", caption=REPRO_TOP,
                             presentation=pres)
-        st.plotly_chart(grid, key=f"probe_grid_{m}_{i}")
+        show_figure(grid, f"probe_grid_{m}_{i}")
     else:
         st.caption(f"{sel.layer} is fully connected: its filters have no spatial map.")
     bars = figures.probe_bars_figure(top, r.percentiles[top], r.responses[top], layer=sel.layer,
                                      classes=[_signals(sig[int(f)]) for f in top], image_name=r.name)
     figures.apply_style(bars, title=f"Strongest {sel.layer} filters · {short_label(m)}", presentation=pres,
                         caption="Reproduces Sec. 4 (max-pooled responses). Text: raw response.")
-    event = st.plotly_chart(bars, key=f"probe_bars_{m}_{i}", on_select="rerun", selection_mode="points")
+    event = show_figure(bars, f"probe_bars_{m}_{i}", on_select="rerun", selection_mode="points")
     clicked = new_click(event, f"probe_bars_{m}_{i}")
     if clicked is not None:  # a click on a bar picks that filter below
         st.session_state[filter_key] = int(custom_value(clicked, 0))
-    st.dataframe(pd.DataFrame({"filter": [f"#{f}" for f in top], "response": r.responses[top].round(4),
-                               "percentile": r.percentiles[top].round(1),
-                               "signals (class AP)": [_signals(sig[int(f)]) for f in top]}),
-                 hide_index=True, width="stretch",
+    show_table(pd.DataFrame({"filter": [f"#{f}" for f in top], "response": r.responses[top].round(4),
+                             "percentile": r.percentiles[top].round(1),
+                             "signals (class AP)": [_signals(sig[int(f)]) for f in top]}),
+               f"probe_table_{m}_{i}", caption=f"Strongest {sel.layer} filters on {r.name}", hide_index=True,
+               width="stretch",
                  column_config={"percentile": st.column_config.ProgressColumn("percentile", min_value=0,
                                                                               max_value=100, format="%.1f")})
     if probe.predicts_task(m, sel.task) and r.predictions:
         st.markdown("**The model's own top predictions**")
-        st.dataframe(pd.DataFrame(r.predictions, columns=["class", "probability"]), hide_index=True,
-                     width="stretch", column_config={"probability": st.column_config.ProgressColumn(
+        show_table(pd.DataFrame(r.predictions, columns=["class", "probability"]), f"probe_pred_{m}_{i}",
+                   caption=f"Top predictions of {m} on {r.name}", hide_index=True,
+                   width="stretch", column_config={"probability": st.column_config.ProgressColumn(
                          "probability", min_value=0.0, max_value=1.0, format="%.3f")})
     else:
         st.caption(f"No predictions: {short_label(m)}'s classifier does not output this task's classes.")
@@ -192,7 +194,7 @@ with guard("the chosen filter"):
                "responses": [r.responses[filt] for r in results[m]]} for m in models]
     fig = figures.filter_response_figure([name for name, _ in images], series, filter_id=filt, layer=sel.layer)
     figures.apply_style(fig, title=None, presentation=pres)
-    st.plotly_chart(fig, key="probe_filter_responses")
+    show_figure(fig, "probe_filter_responses")
     st.caption("Below, per model: the classes this filter detects best on its own (single-filter AP, Sec. 4.1), "
                "its response map on your images (one colour scale for all) and the test items that excite it most.")
     cols = st.columns(len(models))
@@ -210,7 +212,7 @@ with guard("the chosen filter"):
                                                  tile_height=tile_h)
                 figures.apply_style(grid, title=f"Filter #{filt} on your images", caption=REPRO_TOP,
                                     presentation=pres)
-                st.plotly_chart(grid, key=f"probe_filter_grid_{m}")
+                show_figure(grid, f"probe_filter_grid_{m}")
             top = service.top_activations(m, sel.task, sel.layer, filt, n=8)
             names = probe.dataset_names(sel.task, top["indices"])
             grid = figures.image_grid_figure(
@@ -220,6 +222,6 @@ with guard("the chosen filter"):
                 tile_height=tile_h)
             figures.apply_style(grid, title=f"Test items that excite #{filt} most", caption=REPRO_TOP,
                                 presentation=pres)
-            st.plotly_chart(grid, key=f"probe_top_{m}")
+            show_figure(grid, f"probe_top_{m}")
             st.caption("Top-activating test items (response): "
                        + "; ".join(f"{n} {s:.3g}" for n, s in zip(names, top["scores"])) + ".")

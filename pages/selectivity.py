@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import figures, service
 from ui.common import (clickable, computing, custom_value, guard, new_click, preset, select_and_rerun, short_label,
-                       sidebar, widget_key)
+                       show_figure, show_table, sidebar, widget_key)
 
 preset(layer="conv5")
 sel = sidebar(task_kinds=("det-gt", "scene"), default_task="demo-detgt")
@@ -49,7 +49,9 @@ with guard("the selectivity curves"):
     fig = figures.selectivity_figure(curves, baseline=band)
     figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 1 · {task.title} (test split)",
                         stamp=base.provenance.stamp(), presentation=pres)
-    event = st.plotly_chart(clickable(fig), key="selv_fig1", on_select="rerun", selection_mode="points", theme=None)
+    provs = [results[(m, sel.layer)].provenance for m in sel.models]
+    event = show_figure(clickable(fig), "selv_fig1", provenance=provs, on_select="rerun", selection_mode="points",
+                        theme=None)
     keys = [None] * (len(fig.data) - len(keys)) + keys  # the band's traces come first
     p = new_click(event, "selv_fig1")
     if p is not None and 0 <= p.get("curve_number", -1) < len(keys) and keys[p["curve_number"]]:
@@ -73,8 +75,9 @@ with guard("the filter view"):
     st.subheader(f"The 10 most selective {sel.layer} filters · {short_label(model)}")
     top = pd.DataFrame({"rank": np.arange(1, 11)[:len(order)], "filter": order[:10],
                         "AuE (bits)": res.aue[order[:10]].round(3)})
-    picked = st.dataframe(top, hide_index=True, on_select="rerun", selection_mode="single-row", key="selv_top",
-                          width="content")
+    picked = show_table(top, "selv_top", provenance=res.provenance, hide_index=True, on_select="rerun",
+                        selection_mode="single-row", width="content",
+                        caption=f"The 10 most selective {sel.layer} filters (AuE, Fig. 1)")
     rows = picked.selection.rows if picked is not None else []
     if not rows:
         st.session_state.pop("_seen_selv_top", None)
@@ -103,14 +106,14 @@ with guard("the filter view"):
         fig = figures.entropy_curve_figure(thr, ec["entropy"], filter_id=filt, layer=sel.layer, threshold=thr[ti])
         figures.apply_style(fig, title=None, caption=textwrap.fill(f"Entropy curve behind Fig. 1 (Appendix); "
                                                                    f"shaded area = AuE · {caption}", 70), **narrow)
-        st.plotly_chart(fig, key="selv_entropy", theme=None)
+        show_figure(fig, "selv_entropy", provenance=res.provenance, theme=None)
     with c2:
         fig = figures.class_histogram_figure(ec["histograms"][ti], ec["class_names"], threshold=thr[ti],
                                              filter_id=filt)
         figures.apply_style(fig, title=None, caption=textwrap.fill(f"Classes of the responses ≥ the threshold "
                                                                    f"(their entropy is the curve) · {caption}", 70),
                             **narrow)
-        st.plotly_chart(fig, key="selv_hist", theme=None)
+        show_figure(fig, "selv_hist", provenance=res.provenance, theme=None)
 
     n = st.slider("Top-activating test items", 4, 16, 8, step=4, key="selv_n")
     ta = service.top_activations(model, sel.task, sel.layer, filt, n=n)
@@ -123,4 +126,4 @@ with guard("the filter view"):
                         caption=f"Titles: true class · max response. "
                                 + ("Overlay: the filter's response map. " if maps is not None else "")
                                 + caption, stamp=res.provenance.stamp(), presentation=pres)
-    st.plotly_chart(fig, key="selv_top_images", theme=None)
+    show_figure(fig, "selv_top_images", provenance=res.provenance, theme=None)

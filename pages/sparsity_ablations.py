@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import computing, guard, short_label, sidebar
+from ui.common import computing, guard, short_label, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-cls")
 task = service.task(sel.task)
@@ -27,12 +27,16 @@ with guard("sparsity"):
     fig = figures.sparsity_figure(rows)
     figures.apply_style(fig, title=None, caption=f"Reproduces Table 6 · {task.title} (test split)",
                         stamp=res["provenance"].stamp(), presentation=pres)
-    st.plotly_chart(fig, key="sparsity")
+    provs = [per_class[short_label(m)]["provenance"] for m in sel.models]
     table = pd.DataFrame(rows).pivot(index="variant", columns="layer", values="mean")[service.layers_of(sel.model)]
-    st.dataframe(table.round(1), width="stretch")
+    show_figure(fig, "sparsity", provenance=provs, table=table.round(1),
+                table_caption="Table 6: non-zero responses (%)")
+    show_table(table.round(1), "sparsity_table", provenance=provs, width="stretch",
+               caption=f"Table 6: non-zero responses (%) · {task.title}")
     with st.expander("Per class (% non-zero)"):
         first = per_class[short_label(sel.model)]
-        st.dataframe(pd.DataFrame(first["per_class"], index=first["class_names"]).round(1), width="stretch")
+        show_table(pd.DataFrame(first["per_class"], index=first["class_names"]).round(1), "sparsity_per_class",
+                   provenance=first["provenance"], width="stretch", caption="Non-zero responses (%) per class")
 
 st.header("Ablations (Tables 7, 8)")
 layers = service.layers_of(sel.model)
@@ -50,8 +54,9 @@ with guard("the ablations"):
         fig = figures.ablation_figure(rows)
         figures.apply_style(fig, title=None, caption=f"Reproduces Tables 7-8 · {task.title}",
                             stamp=res["provenance"].stamp(), presentation=pres)
-        st.plotly_chart(fig, key="ablation")
+        show_figure(fig, "ablation", provenance=res["provenance"])
         df = pd.DataFrame(rows)
         df["mAP (%)"] = df.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
-        st.dataframe(df.pivot_table(index=["variant", "layer"], columns="ablation", values="mAP (%)",
-                                    aggfunc="first"), width="stretch")
+        show_table(df.pivot_table(index=["variant", "layer"], columns="ablation", values="mAP (%)",
+                                  aggfunc="first"), "ablation_table", provenance=res["provenance"], width="stretch",
+                   caption=f"Tables 7-8: mAP (%) ± std over {seeds} re-drawn split(s) · {task.title}")

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
-from ui.common import computing, guard, short_label, sidebar
+from core import figures, report, service
+from ui.common import computing, guard, short_label, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, compare=False, default_task="demo-cls")
 task = service.task(sel.task)
@@ -22,8 +22,10 @@ def _style(fig, caption, stamp=None):
 st.header("Pretraining snapshots (Table 3, Fig. 2)")
 with guard("the snapshot table"):
     snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task)
-    st.plotly_chart(_style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3"), key="snapshots")
-    st.dataframe(snap.round(1), width="stretch")
+    show_figure(_style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3"), "snapshots",
+                table=snap.round(1), table_caption="Table 3: mAP (%) of pretraining snapshots")
+    show_table(snap.round(1), "snapshots_table", width="stretch",
+               caption=f"Table 3 analogue: per-layer mAP (%) of each pretraining snapshot · {task.title}")
     its = list(snap.index)
     it = st.select_slider("Snapshot (pretraining iteration)", options=its, value=its[-1], key="snap_it")
     summary = service.demo_summary()
@@ -32,10 +34,11 @@ with guard("the snapshot table"):
     with c1:
         w = service.first_layer_weights(f"demo:snapshot-{it:05d}")
         fig = figures.filter_grid_figure(w, title=f"conv1 filters after {it} iterations")
-        st.plotly_chart(_style(fig, "Reproduces Fig. 2"), key="conv1_grid")
+        show_figure(_style(fig, "Reproduces Fig. 2"), "conv1_grid")
     with c2:
         st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
-        st.dataframe(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), width="stretch")
+        show_table(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), "snapshot_it_table", width="stretch",
+                   caption=f"mAP (%) per layer after {it} pretraining iterations")
 
 def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
     """Per-layer mAP of several models as a figure and a table."""
@@ -43,8 +46,11 @@ def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
     with guard(f"the {table} analogue"):
         df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task)
         df.columns = [short_label(m) for m in ids]
-        st.plotly_chart(_style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"), key=key)
-        st.dataframe(df.round(1), width="stretch")
+        provs = [report.layer_map_provenance(m, task) for m in ids]
+        show_figure(_style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"), key, provenance=provs,
+                    table=df.round(1), table_caption=f"{table} analogue: per-layer mAP (%)")
+        show_table(df.round(1), f"{key}_table", provenance=provs, width="stretch",
+                   caption=f"{table} analogue: per-layer mAP (%) · {task.title}")
 
 
 _compare_table("Scratch vs pretrained vs fine-tuned (Table 1)", groups["regimes"], "Table 1", "regimes")
@@ -54,7 +60,8 @@ st.header("Longer pretraining before fine-tuning (Table 4)")
 with guard("the Table 4 analogue"):
     layer = st.selectbox("Layer", service.layers_of("demo:finetuned"), index=6, key="t4_layer")
     t4 = computing("Fine-tuned from each snapshot…", service.finetune_from_table, sel.task, layer)
-    st.dataframe(t4, hide_index=True, width="stretch")
+    show_table(t4, "t4_table", hide_index=True, width="stretch",
+               caption=f"Table 4 analogue: {layer} mAP (%) after fine-tuning from each snapshot")
 
 with st.expander("Training loss curves and the networks' own accuracy"):
     curves = service.training_curves()

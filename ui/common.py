@@ -263,6 +263,111 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
             if "sel_compare" not in st.session_state or not st.session_state["sel_compare"]:
                 st.session_state["sel_compare"] = default_compare
             cmp_model = _pick("Compare with", "compare", [m for m in models if m != model], lambda m: models.get(m, m))
+# --------------------------------------------------------------------------- downloads and pins
+PINS = "report_items"  #: session-state list of pinned core.report.ReportItem
+
+
+def current_permalink() -> str:
+    """The URL of this view with its query parameters (the sidebar's selection)."""
+    from core import export
+
+    params = st.query_params.to_dict()
+    base = st.context.url
+    if base:
+        return export.permalink("", params, base)
+    try:  # AppTest and bare runs have no browser URL: the page's url path on the default address
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        pm = get_script_run_ctx().pages_manager
+        page = pm.get_pages().get(pm.current_page_script_hash, {}).get("url_pathname", "")
+    except Exception:  # noqa: BLE001 - internal API, best effort
+        page = ""
+    return export.permalink(page, params)
+
+
+def export_stamp(provenance: Any = None, stamp: str | None = None) -> str:
+    """The stamp of an export: from ``provenance`` (one or several) plus this view's permalink;
+    an explicit ``stamp`` gets the permalink appended."""
+    from core import export
+
+    url = current_permalink()
+    if stamp:
+        return stamp if url in stamp else f"{stamp} · {url}"
+    return export.stamp_text(provenance, url)
+
+
+def _pin(item_args: dict) -> None:
+    from core.report import ReportItem
+
+    fig = item_args.pop("fig")
+    item = ReportItem.from_figure(fig, **item_args)
+    pins = [p for p in st.session_state.get(PINS, []) if p.key != item.key]
+    st.session_state[PINS] = pins + [item]
+
+
+def _table_downloads(box: Any, df: Any, key: str, stamp: str, caption: str) -> None:
+    from core import export
+
+    name = key.replace(" ", "_")
+    box.download_button("CSV", data=lambda: export.table_csv(df, stamp, caption), file_name=f"{name}.csv",
+                        mime="text/csv", key=f"{key}__csv", on_click="ignore", icon=":material/download:",
+                        type="tertiary", help="Table as CSV; the provenance stamp heads it as # comment lines.")
+    box.download_button("LaTeX", data=lambda: export.table_latex(df, caption or name, stamp),
+                        file_name=f"{name}.tex", mime="text/x-tex", key=f"{key}__tex", on_click="ignore",
+                        icon=":material/download:", type="tertiary",
+                        help="Booktabs LaTeX table (needs \\usepackage{booktabs}), caption and stamp included.")
+
+
+def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None = None,
+                caption: str | None = None, table: Any = None, table_caption: str = "",
+                paper_ref: str | None = None, title: str | None = None, **chart_kwargs: Any) -> Any:
+    """Draw a figure with a compact row of downloads and a "Pin to report" button under it.
+
+    ``st.plotly_chart(fig, key=key, **chart_kwargs)`` draws it (pass ``on_select`` /
+    ``selection_mode`` / ``theme`` as the page did; the chart event is returned). PNG and
+    SVG are rendered only when clicked (kaleido), stamped with ``provenance`` (or
+    ``stamp``) plus this view's permalink. ``table`` (the figure's numbers) is pinned
+    with it and exported with the report; draw it with :func:`show_table` for its own
+    CSV / LaTeX buttons. Without a browser the PNG/SVG buttons are disabled and say
+    what to install.
+    """
+    from core import export
+
+    event = st.plotly_chart(fig, key=key, **chart_kwargs)
+    full = export_stamp(provenance, stamp)
+    problem = export.static_export_problem()
+    box = st.container(horizontal=True, gap="small", key=f"{key}__exports")
+    for fmt, render, mime in (("PNG", export.figure_png, "image/png"), ("SVG", export.figure_svg, "image/svg+xml")):
+        box.download_button(fmt, data=lambda r=render: r(fig, full), file_name=f"{key}.{fmt.lower()}", mime=mime,
+                            key=f"{key}__{fmt.lower()}", on_click="ignore", icon=":material/download:",
+                            type="tertiary", disabled=problem is not None,
+                            help=problem or f"{fmt} of this figure, provenance stamp under the plot and in the file.")
+    pinned = any(p.key == key for p in st.session_state.get(PINS, []))
+    box.button("Update pin" if pinned else "Pin to report", key=f"{key}__pin", type="tertiary",
+               icon=":material/push_pin:", on_click=_pin,
+               args=({"fig": fig, "key": key, "stamp": full, "caption": caption, "title": title,
+                      "paper_ref": paper_ref, "table": table, "table_caption": table_caption,
+                      "provenance": provenance, "url": current_permalink()},),
+               help="Add this figure (as shown now) to the Report & presentation page.")
+    return event
+
+
+def show_table(df: Any, key: str, *, provenance: Any = None, stamp: str | None = None, caption: str = "",
+               **dataframe_kwargs: Any) -> Any:
+    """``st.dataframe(df, **dataframe_kwargs)`` with CSV and LaTeX downloads (stamped) under it.
+
+    ``key`` names the download buttons; it is also the dataframe's key when the page
+    makes rows selectable (``on_select``). Returns what ``st.dataframe`` returns.
+    """
+    if "on_select" in dataframe_kwargs:
+        dataframe_kwargs.setdefault("key", key)
+    out = st.dataframe(df, **dataframe_kwargs)
+    box = st.container(horizontal=True, gap="small", key=f"{key}__table_exports")
+    shown = df.reset_index(drop=True) if dataframe_kwargs.get("hide_index") else df  # export what is shown
+    _table_downloads(box, shown, key, export_stamp(provenance, stamp), caption)
+    return out
+
+
         else:
             st.session_state["sel_compare"] = ""
     if default_task and default_task in tasks and st.session_state.get("sel_task") not in tasks:
