@@ -236,33 +236,6 @@ def route_through_app(page_file: str) -> None:
         st.session_state.pop("_goto", None)
 
 
-def presentation_toggle() -> bool:
-    """Large fonts and thick lines on every figure (for projectors)."""
-    return st.sidebar.toggle("Presentation mode", key="presentation",
-                             help="Large fonts and thick lines on every figure, for lab meetings.")
-
-
-def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
-            task_kinds: Sequence[str] | None = None, default_model: str = "demo:finetuned",
-            default_compare: str = "demo:pretrained", default_task: str | None = None) -> Selection:
-    """Common controls (model, compare model, task, layer, class) kept in session state and the URL."""
-    route_through_app(sys._getframe(1).f_globals.get("__file__", ""))
-    ensure_demo()
-    _init_from_url()
-    _apply_pending()
-    models = service.models()
-    tasks = {k: t for k, t in service.tasks().items() if not task_kinds or t.kind in task_kinds}
-    if default_model in models and "sel_model" not in st.session_state:
-        st.session_state["sel_model"] = default_model
-    model = _pick("Model", "model", list(models), lambda m: models.get(m, m))
-    cmp_model = None
-    if compare:
-        on = st.sidebar.toggle("Compare with a second model", value=bool(st.session_state.get("sel_compare")),
-                               key="w_compare_on")
-        if on:
-            if "sel_compare" not in st.session_state or not st.session_state["sel_compare"]:
-                st.session_state["sel_compare"] = default_compare
-            cmp_model = _pick("Compare with", "compare", [m for m in models if m != model], lambda m: models.get(m, m))
 # --------------------------------------------------------------------------- downloads and pins
 PINS = "report_items"  #: session-state list of pinned core.report.ReportItem
 
@@ -368,6 +341,33 @@ def show_table(df: Any, key: str, *, provenance: Any = None, stamp: str | None =
     return out
 
 
+def presentation_toggle() -> bool:
+    """Large fonts and thick lines on every figure (for projectors)."""
+    return st.sidebar.toggle("Presentation mode", key="presentation",
+                             help="Large fonts and thick lines on every figure, for lab meetings.")
+
+
+def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
+            task_kinds: Sequence[str] | None = None, default_model: str = "demo:finetuned",
+            default_compare: str = "demo:pretrained", default_task: str | None = None) -> Selection:
+    """Common controls (model, compare model, task, layer, class) kept in session state and the URL."""
+    route_through_app(sys._getframe(1).f_globals.get("__file__", ""))
+    ensure_demo()
+    _init_from_url()
+    _apply_pending()
+    models = service.models()
+    tasks = {k: t for k, t in service.tasks().items() if not task_kinds or t.kind in task_kinds}
+    if default_model in models and "sel_model" not in st.session_state:
+        st.session_state["sel_model"] = default_model
+    model = _pick("Model", "model", list(models), lambda m: models.get(m, m))
+    cmp_model = None
+    if compare:
+        on = st.sidebar.toggle("Compare with a second model", value=bool(st.session_state.get("sel_compare")),
+                               key="w_compare_on")
+        if on:
+            if "sel_compare" not in st.session_state or not st.session_state["sel_compare"]:
+                st.session_state["sel_compare"] = default_compare
+            cmp_model = _pick("Compare with", "compare", [m for m in models if m != model], lambda m: models.get(m, m))
         else:
             st.session_state["sel_compare"] = ""
     if default_task and default_task in tasks and st.session_state.get("sel_task") not in tasks:
