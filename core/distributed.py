@@ -73,6 +73,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield ray
         return
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env={"env_vars": actor_env()}, log_to_driver=False)
@@ -88,6 +90,21 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return                                  # "auto" and other forms: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"no Ray cluster answers at {address!r} ({exc}). Start one with "
+                         "`ray start --head` and pass the address it prints (or 'auto' on its "
+                         "head node), or leave the address empty for a local Ray.") from exc
 
 
 def actor_env() -> dict[str, str]:

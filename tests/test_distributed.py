@@ -115,6 +115,15 @@ def test_missing_ray_is_an_input_error(monkeypatch):
         distributed.require_ray()
 
 
+def test_unreachable_cluster_fails_fast():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    with pytest.raises(InputError, match="no Ray cluster answers at '127.0.0.1:1'"):
+        with distributed.ray_session("127.0.0.1:1"):
+            pass
+
+
 @pytest.fixture(scope="module")
 def small():
     """A seeded random demo net (3 classes) and 150 random 64x64 images."""
@@ -238,3 +247,30 @@ def test_ray_backend_through_the_service(demo_env, ray_local):
         for layer in ("conv5", "fc7"):
             (directory / f"{layer}.json").unlink(missing_ok=True)
             shutil.rmtree(directory / f"{layer}.shards", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_cli_backend_ray_matches_local(ray_local, tmp_path, monkeypatch, capsys):
+    """`python -m core extract --backend ray` on an ImageFolder (PIL path) with a randomly
+    initialised torchvision net: the driver's weights are shipped, features equal local."""
+    from PIL import Image
+
+    from core import service
+    from core.__main__ import main
+
+    rng = np.random.default_rng(3)
+    for c in "ab":
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    monkeypatch.setenv("FILTERSCOPE_CACHE", str(tmp_path / "cache"))
+    spec = f"imagefolder:{tmp_path / 'imgs'}"
+    assert main(["extract", "--model", "resnet18", "--dataset", spec, "--layers", "layer4,avgpool",
+                 "--backend", "ray", "--num-actors", "2", "--shard-size", "8", "--batch-size", "4"]) == 0
+    assert "avgpool: (12, 512, 1, 1)" in capsys.readouterr().out
+    lm, data = service.load_model("tv:resnet18"), service.load_set(spec)
+    remote = {l: extraction.load_features(lm, data, l) for l in ("layer4", "avgpool")}
+    local = extraction.extract(lm, data, ["layer4", "avgpool"], root=tmp_path / "local", batch_size=4)
+    for layer, f in remote.items():
+        assert f.sharded and [s for s, _ in f.shards()] == [0, 8]
+        assert np.array_equal(f.array(), local[layer].array()), layer
