@@ -15,6 +15,7 @@ PAGES = {
     ],
     "Explore": [
         st.Page("pages/probe.py", title="Probe your images", icon=":material/image_search:", url_path="probe"),
+        st.Page("pages/detections.py", title="Detections", icon=":material/center_focus_strong:", url_path="detections"),
     ],
     "Present": [
         st.Page("pages/report.py", title="Report & presentation", icon=":material/slideshow:", url_path="report"),

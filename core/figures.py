@@ -864,3 +864,68 @@ def _unique(labels: list[str]) -> list[str]:
         seen[l] = n + 1
         out.append(l if n == 0 else f"{l} ({n + 1})")
     return out
+
+
+# --------------------------------------------------------------------------- detection (PASCAL-DET, issue #11)
+def _box_trace(box: Sequence[float], *, name: str, color: str, dash: str, hover: str, legendgroup: str,
+               showlegend: bool) -> go.Scatter:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], mode="lines", name=name,
+                      line=dict(color=color, width=2.5, dash=dash), hovertemplate=hover + "<extra></extra>",
+                      legendgroup=legendgroup, showlegend=showlegend)
+
+
+def detections_figure(image: Any, detections: Sequence[dict], ground_truth: Sequence[dict] = (), *,
+                      title: str = "Top detections") -> go.Figure:
+    """An image with its detections (solid boxes, "class score" labels) and ground truth (dashed).
+
+    Reproduces: a sanity view of the PASCAL-DET pipeline (R-CNN detections after class-wise NMS,
+    Sec. 2; no bounding-box regression). ``detections``: dicts with ``class``, ``class_name``,
+    ``score``, ``box`` (x1, y1, x2, y2 pixel edges); ``ground_truth``: ``class``, ``class_name``,
+    ``box``, ``difficult``. One colour per class; one trace per box (named after it).
+    """
+    img = _arr(image, "image", 3)
+    h, w = img.shape[:2]
+    fig = _new_figure("PASCAL-DET", base_height=520)
+    fig.add_trace(go.Image(z=img.astype(np.uint8), hoverinfo="skip", name="image"))
+    seen: set[str] = set()
+    for g in ground_truth:
+        color = COLORWAY[int(g["class"]) % len(COLORWAY)]
+        tag = f"{g['class_name']} (ground truth{', difficult' if g.get('difficult') else ''})"
+        fig.add_trace(_box_trace(g["box"], name=tag, color=color, dash="dot", hover=tag,
+                                 legendgroup="gt", showlegend="gt" not in seen))
+        fig.data[-1].legendgrouptitle = dict(text="ground truth")
+        seen.add("gt")
+    for d in detections:
+        color = COLORWAY[int(d["class"]) % len(COLORWAY)]
+        tag = f"{d['class_name']} {d['score']:.2f}"
+        fig.add_trace(_box_trace(d["box"], name=tag, color=color, dash="solid",
+                                 hover=f"{d['class_name']}<br>SVM score {d['score']:.3f}",
+                                 legendgroup=d["class_name"], showlegend=True))
+        x0, y0 = float(d["box"][0]), float(d["box"][1])
+        fig.add_annotation(x=max(0.0, x0), y=max(0.0, y0), text=tag, showarrow=False, xanchor="left",
+                           yanchor="bottom", font=dict(color="white", size=11), bgcolor=color, opacity=0.9)
+    fig.update_xaxes(range=[-0.5, w - 0.5], visible=False, title_text="x (pixels)")
+    fig.update_yaxes(range=[h - 0.5, -0.5], visible=False, title_text="y (pixels)", scaleanchor="x")
+    return apply_style(fig, title=title,
+                       caption=_caption("PASCAL-DET (R-CNN, no box regression)",
+                                        "Solid: detections after class-wise NMS (SVM score); dotted: ground truth."))
+
+
+def detection_ap_figure(ap: Any, class_names: Sequence[str], *, series: str = "AP") -> go.Figure:
+    """Per-class detection AP (VOC 2007, %) as bars, the mAP as a dashed line."""
+    a = 100 * _arr(ap, "ap", 1).astype(float)
+    if len(a) != len(class_names):
+        raise InputError(f"{len(a)} AP values for {len(class_names)} classes")
+    keep = np.isfinite(a)
+    names = [str(n) for n, k in zip(class_names, keep) if k]
+    fig = _new_figure("PASCAL-DET", base_height=420)
+    fig.add_bar(x=names, y=a[keep], name=series, marker_color=BLUE,
+                hovertemplate="%{x}: AP %{y:.1f}%<extra></extra>")
+    if keep.any():
+        fig.add_hline(y=float(a[keep].mean()), line=dict(color=GREY, dash="dash"),
+                      annotation_text=f"mAP {a[keep].mean():.1f}", annotation_position="top right")
+    fig.update_xaxes(title_text="class", type="category")
+    fig.update_yaxes(title_text="AP (%, VOC 2007)", range=[0, 100])
+    return apply_style(fig, title="Detection AP per class",
+                       caption=_caption("PASCAL-DET (Tables 1, 2, 4, 8)", "Dashed: mAP over classes with ground truth."))
