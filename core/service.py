@@ -775,6 +775,22 @@ def detections(model_id: str, task_id: str, image_index: int, layer: str = "fc7"
             "class_names": te.class_names, "map": res["map"], "provenance": res["provenance"], "num_images": n}
 
 
+def task_ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0, 1, 2),
+                  progress: Progress | None = None) -> dict:
+    """Tables 7-8 on any task: :func:`ablation` (linear classifiers), or for a detection task the
+    detection mAP of each ablation (Table 8; one train/test split, so no ± and no CI).
+
+    Same shape as :func:`ablation`: ``summary`` rows with ``ablation`` and ``mean`` (fraction).
+    """
+    t = task(task_id)
+    if t.kind != "det":
+        return ablation(model_id, task_id, layer, seeds=seeds, progress=progress)
+    names = ["original", "binarize"] + (["sp-shuffle", "sp-max"] if layer.startswith("conv") else [])
+    runs = {a: detection_map(model_id, task_id, layer, a, progress) for a in names}
+    return {"summary": [{"ablation": a, "mean": r["map"], "std": float("nan")} for a, r in runs.items()], "runs": [],
+            "provenance": runs["original"]["provenance"]}
+
+
 # ---- SUN-CLS protocol
 @dataclass(frozen=True)
 class SceneRequest:

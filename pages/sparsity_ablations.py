@@ -5,7 +5,7 @@ import streamlit as st
 from core import figures, service
 from ui.common import computing, guard, short_label, show_figure, show_table, sidebar
 
-sel = sidebar(layer=False, default_task="demo-cls")
+sel = sidebar(layer=False, default_task="demo-cls")  # every task: CLS, DET-GT, scenes, detection (Table 8)
 task = service.task(sel.task)
 pres = st.session_state.get("presentation", False)
 st.title("Sparsity & ablations")
@@ -47,7 +47,7 @@ with guard("the ablations"):
     rows = []
     for m in sel.models:
         for layer in chosen:
-            res = computing(f"Ablations of {short_label(m)} {layer} ({seeds} splits)…", service.ablation,
+            res = computing(f"Ablations of {short_label(m)} {layer} ({seeds} splits)…", service.task_ablation,
                             m, sel.task, layer, seeds=tuple(range(seeds)))
             rows += [{**r, "layer": layer, "variant": short_label(m)} for r in res["summary"]]
     if rows:
@@ -56,7 +56,13 @@ with guard("the ablations"):
                             stamp=res["provenance"].stamp(), presentation=pres)
         show_figure(fig, "ablation", provenance=res["provenance"])
         df = pd.DataFrame(rows)
-        df["mAP (%)"] = df.apply(lambda r: f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}", axis=1)
+        df["mAP (%)"] = df.apply(lambda r: f"{100 * r['mean']:.1f}" + ("" if pd.isna(r.get("std")) else
+                                                                       f" ± {100 * r['std']:.1f}"), axis=1)
         show_table(df.pivot_table(index=["variant", "layer"], columns="ablation", values="mAP (%)",
                                   aggfunc="first"), "ablation_table", provenance=res["provenance"], width="stretch",
                    caption=f"Tables 7-8: mAP (%) ± std over {seeds} re-drawn split(s) · {task.title}")
+        n = 8 if task.kind == "det" else 7
+        ref = computing(f"Table {n} beside the paper…", service.paper_table, n, task.kind, sel.task, sel.model,
+                        chosen)
+        show_table(ref, "ablation_paper", provenance=res["provenance"], hide_index=True, width="stretch",
+                   caption=f"Table {n}: {sel.model} on {task.title} (measured) beside the paper's AlexNet figures")

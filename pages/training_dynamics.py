@@ -63,6 +63,19 @@ with guard("the Table 4 analogue"):
     show_table(t4, "t4_table", hide_index=True, width="stretch",
                caption=f"Table 4 analogue: {layer} mAP (%) after fine-tuning from each snapshot")
 
+if task.kind in ("det", "scene"):
+    metric = "detection mAP (R-CNN, VOC 2007 AP)" if task.kind == "det" else "class-averaged accuracy, mean ± std over splits"
+    st.header(f"Tables 1, 2, 4 on this task's own measure, beside the paper ({task.paper})")
+    st.markdown(f"fc7 features; {metric}. The reference column is the paper's AlexNet (ImageNet → {task.paper}).")
+    heavy = task.kind == "det"
+    run_tables = st.toggle("Compute the detection tables (about 2 minutes per network on 2 CPU cores, then cached)",
+                   key="td_paper_det") if heavy else True
+    for n in (1, 2, 4) if run_tables else ():
+        with guard(f"Table {n} beside the paper"):
+            ref = computing(f"Table {n} on {task.title}…", service.paper_table, n, task.kind, sel.task)
+            show_table(ref, f"paper_table_{n}", hide_index=True, width="stretch",
+                       caption=f"Table {n}: measured on {task.title} beside the paper's AlexNet figures")
+
 with st.expander("Training loss curves and the networks' own accuracy"):
     curves = service.training_curves()
     st.line_chart(pd.DataFrame({k: pd.Series(v) for k, v in curves.items()}))

@@ -77,3 +77,41 @@ def test_detection_service_and_table_8(light):
     assert vals[0] == pytest.approx(100 * service.detection_map("demo:finetuned", "demo-det", "conv5")["map"], abs=0.05)
     t1 = service.paper_table(1, "det")
     assert list(t1[col]) == ["40.7", "45.5", "54.1"]
+
+
+def _app_with_task(page: str, task_id: str):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import APP
+
+    at = AppTest.from_file(str(APP), default_timeout=600)
+    at.query_params["task"] = task_id
+    at.run()
+    at.switch_page(page).run()
+    return at
+
+
+def test_ablation_page_on_the_detection_task_shows_table_8(light):
+    service = light
+    at = _app_with_task("pages/sparsity_ablations.py", "demo-det")
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    tables = [df.value for df in at.dataframe]
+    col = service.paper_column(service.task("demo-det"))
+    ref = next(t for t in tables if col in t.columns)
+    conv5 = ref[ref["layer"] == "conv5"].set_index("ablation")
+    assert conv5.loc["original", col] == "47.6" and conv5.loc["sp-max", col] == "25.4"
+    measured = 100 * service.detection_map("demo:finetuned", "demo-det", "conv5", "sp-max")["map"]
+    assert float(conv5.loc["sp-max", "measured (%)"]) == pytest.approx(measured, abs=0.05)
+
+
+def test_training_page_on_the_scene_task_shows_the_paper_tables(light):
+    service = light
+    at = _app_with_task("pages/training_dynamics.py", "demo-scene")
+    assert not at.exception, at.exception
+    col = service.paper_column(service.task("demo-scene"))
+    refs = [df.value for df in at.dataframe if col in df.value.columns]
+    assert len(refs) == 3  # Tables 1, 2, 4
+    assert list(refs[0][col]) == ["40.4 ± 0.2", "53.1 ± 0.2", "56.8 ± 0.2"]
+    t1 = service.paper_table(1, "scene", "demo-scene")
+    assert list(refs[0]["measured (%)"]) == list(t1["measured (%)"])
