@@ -11,7 +11,7 @@ from core import analysis, bench
 TINY = bench.BenchSizes(extraction_images=20, extraction_repeats=1, batch_size=8, aue_images=100,
                         aue_filters=3, aue_side=13, aue_classes=4, aue_thresholds=10,
                         aue_reference_filters=2, ap_items=60, ap_filters=5, ap_classes=3,
-                        pages=False, probe=False, demo_build=False)
+                        pages=False, probe=False, demo_build=False, detection=False)
 
 
 def test_run_tiny_structure_and_json(tmp_cache):
@@ -28,7 +28,7 @@ def test_run_tiny_structure_and_json(tmp_cache):
         assert sec["reference_s"] > 0 and sec["fast_s"] > 0 and sec["speedup"] > 0
     assert r["aue"]["shape"] == [100, 3, 13, 13] and r["aue"]["dtype"] == "float16"
     assert "scaled" in r["aue"]["note"]                            # reference on 2 of 3 filters
-    for key in ("pages_warm_ms", "probe_ms", "demo_build_s", "peak_rss_mb"):
+    for key in ("pages_warm_ms", "probe_ms", "detection_s", "demo_build_s", "peak_rss_mb"):
         assert r[key] is None and r["reasons"][key]
     assert r["reasons"]["demo_build_s"] == "skipped in --quick"
     assert set(r["targets"]) == set(bench.TARGETS)
