@@ -82,15 +82,42 @@ def chosen_backend() -> dict:
     return {"name": "ray", "address": (st.session_state.get("ray_address") or "").strip() or None}
 
 
+class _LazyStatus:
+    """A progress callback that opens a status box with a progress bar on its first report.
+
+    The service reports only when something is extracted or computed (or another session
+    is computing it), so a warm page shows no status box and pays nothing for one.
+    """
+
+    def __init__(self, label: str):
+        self.label, self.box, self.bar = label, None, None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.box is None:
+            self.box = st.status(self.label, expanded=False)
+            self.bar = self.box.progress(0.0)
+        self.bar.progress(min(1.0, done / max(total, 1)), text=message[:120])
+
+    def finish(self, ok: bool = True) -> None:
+        if self.box is not None:
+            self.box.update(label=self.label.rstrip("…") + (" — done" if ok else " — failed"),
+                            state="complete" if ok else "error")
+
+
 def computing(label: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run ``fn(*args, progress=cb, **kwargs)`` inside a status box with a progress bar.
+    """Run ``fn(*args, progress=cb, **kwargs)``; when it has work to do (nothing cached), a
+    status box labelled ``label`` with a progress bar shows it.
 
     Features missing on the way are extracted on the sidebar's compute backend.
     """
-    with st.status(label, expanded=False) as status, service.compute_backend(**chosen_backend()):
-        bar = st.progress(0.0)
-        out = fn(*args, progress=progress_callback(bar), **kwargs)
-        status.update(label=label.rstrip("…") + " — done", state="complete")
+    status = _LazyStatus(label)
+    try:
+        with service.compute_backend(**chosen_backend()):
+            out = fn(*args, progress=status, **kwargs)
+    except Exception:
+        status.finish(ok=False)
+        raise
+    status.finish()
     return out
 
 
