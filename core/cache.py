@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -66,7 +67,11 @@ class ResultCache:
     @staticmethod
     def key(request: Any, fingerprints: Sequence[str] = ()) -> str:
         """Stable key of a frozen request dataclass plus the fingerprints of its inputs."""
-        return f"{type(request).__name__}-{stable_hash(request, list(fingerprints), length=32)}"
+        fps = tuple(fingerprints)
+        try:
+            return _memo_key(request, fps)  # warm pages ask for the same keys many times per run
+        except TypeError:  # an unhashable request
+            return _make_key(request, fps)
 
     def _memo_get(self, key: str) -> bytes | None:
         with self._local:
@@ -176,6 +181,15 @@ class ResultCache:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def _make_key(request: Any, fingerprints: tuple[str, ...]) -> str:
+    return f"{type(request).__name__}-{stable_hash(request, list(fingerprints), length=32)}"
+
+
+@lru_cache(maxsize=4096)
+def _memo_key(request: Any, fingerprints: tuple[str, ...]) -> str:
+    return _make_key(request, fingerprints)
 
 
 COMPUTE_LOG_ENV = "FILTERSCOPE_COMPUTE_LOG"

@@ -100,20 +100,31 @@ def _xtick_px(fig: go.Figure, size: int) -> float:
 
 def _footer(fig: go.Figure, caption: str, stamp: str, size: int) -> int:
     """Place caption and stamp below the axis titles; return the bottom margin needed."""
-    keep = [a for a in fig.layout.annotations if a.name not in ("fs-caption", "fs-stamp")]
-    fig.layout.annotations = keep
+    ours = ("fs-caption", "fs-stamp")
+    parts = [(name, text, fsize, color) for name, text, fsize, color in
+             (("fs-caption", caption, size - 2, "#333333"), ("fs-stamp", stamp, max(11, size - 6), GREY)) if text]
+    current = fig.layout.annotations
+    tail = current[len(current) - len(parts):] if parts else ()
+    # Restyling (the page's second call): update the caption and stamp in place when they are
+    # the last annotations, as re-adding them would leave them; re-validating every annotation
+    # of a grid of subplots is slow.
+    in_place = (bool(parts) and [a.name for a in tail] == [p[0] for p in parts]
+                and sum(a.name in ours for a in current) == len(parts))
+    if not in_place:
+        fig.layout.annotations = [a for a in current if a.name not in ours]
     for a in fig.layout.annotations:  # subplot titles, guide labels
-        a.font.size = size - 2
+        if a.name not in ours:
+            a.font.size = size - 2
     has_title = bool(fig.layout.xaxis.title.text) and fig.layout.xaxis.visible is not False
     y = _xtick_px(fig, size) + (1.8 * size if has_title else 0) + 12
-    for name, text, fsize, color in (("fs-caption", caption, size - 2, "#333333"),
-                                     ("fs-stamp", stamp, max(11, size - 6), GREY)):
-        if not text:
-            continue
+    for i, (name, text, fsize, color) in enumerate(parts):
         lines = _wrap(text, int(680 / (0.47 * fsize)))  # fits a ~750 px wide figure
-        fig.add_annotation(name=name, text="<br>".join(lines), xref="paper", yref="paper", x=0, y=0,
-                           xanchor="left", yanchor="top", yshift=-y, align="left", showarrow=False,
-                           font=dict(size=fsize, color=color))
+        if in_place:
+            tail[i].update(text="<br>".join(lines), yshift=-y, font=dict(size=fsize, color=color))
+        else:
+            fig.add_annotation(name=name, text="<br>".join(lines), xref="paper", yref="paper", x=0, y=0,
+                               xanchor="left", yanchor="top", yshift=-y, align="left", showarrow=False,
+                               font=dict(size=fsize, color=color))
         y += 1.3 * fsize * len(lines) + 6
     return int(y + 8)
 

@@ -10,7 +10,10 @@ which works the same inside the test process, in worker processes and in a Strea
   permalinks: two ask for the same uncached selectivity curves (computed once, progress
   shown while it runs), two open cached Precision-recall pages, which render while the long
   computation is still running; every session shows the numbers core.service returns for
-  its own selection.
+  its own selection. On the tiny demo every analysis takes well under a second, so the
+  server is started with ``core.analysis.aue`` wrapped to wait ``SLOW_AUE_S`` first (the
+  result is the real one): a stand-in for a full-size layer, which is what makes "long"
+  and "not blocked" observable. Nothing else is changed in the server.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import pytest
 from conftest import ROOT
 
 TASK = "demo-detgt"
+SLOW_AUE_S = 2.0  # per selectivity result in the browser test: 14 results, ~30 s of computing
 
 
 def _computed(log: Path) -> list[dict]:
@@ -134,17 +138,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_SLOW_SERVER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import core.analysis as analysis
+real_aue, delay = analysis.aue, float(sys.argv[2])
+
+def slow_aue(*args, **kwargs):  # the real result, after a wait: a stand-in for a full-size layer
+    time.sleep(delay)
+    return real_aue(*args, **kwargs)
+
+analysis.aue = slow_aue
+from streamlit.web import cli
+sys.argv = ["streamlit", "run", *sys.argv[3:]]
+sys.exit(cli.main())
+"""
+
+
 @pytest.fixture(scope="module")
 def counted_server(demo_env, tmp_path_factory):
-    """A real Streamlit server on the tiny demo, logging every computation; yields (url, log)."""
-    log = tmp_path_factory.mktemp("server") / "computed.jsonl"
+    """A real Streamlit server on the tiny demo, logging every computation, with slow AuE
+    (see the module docstring); yields (url, log)."""
+    folder = tmp_path_factory.mktemp("server")
+    log, errors = folder / "computed.jsonl", open(folder / "stderr.txt", "wb")
     port = _free_port()
     env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny",
            "FILTERSCOPE_COMPUTE_LOG": str(log)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, str(ROOT), str(SLOW_AUE_S), str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                             "--server.fileWatcherType", "none"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -154,10 +178,15 @@ def counted_server(demo_env, tmp_path_factory):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit server did not start: " + proc.stderr.read().decode()[-2000:])
+        pytest.fail("streamlit server did not start: " + (folder / "stderr.txt").read_text()[-2000:])
     yield url, log
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    errors.close()
 
 
 def _drop_cached(keys: list[str]) -> None:
@@ -179,6 +208,13 @@ def _wait_idle(page, timeout_s: float) -> None:
     while not _idle(page):
         assert time.time() < deadline, "page still running"
         time.sleep(0.2)
+
+
+def _shown(selectbox) -> str:
+    """What a selectbox shows: its text and the value of its input (the combobox keeps it there)."""
+    inputs = selectbox.locator("input").all()
+    return " ".join([selectbox.inner_text()] + [i.input_value() for i in inputs]
+                    + [i.get_attribute("value") or "" for i in inputs] + [i.get_attribute("aria-label") or "" for i in inputs])
 
 
 def _metric(page, label: str) -> str:
@@ -220,6 +256,9 @@ def test_four_browser_sessions_at_once(counted_server):
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         pages = {k: browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for k in "abcd"}
         try:
+            pages["d"].goto(f"{url}/overview", wait_until="domcontentloaded")  # a warm server: models loaded
+            pages["d"].wait_for_selector("h1", timeout=900_000)
+            _wait_idle(pages["d"], 900)
             for k, (_, path) in sel.items():        # two sessions ask for the same uncached results
                 pages[k].goto(url + path, wait_until="domcontentloaded")
             running = pages["a"].get_by_text("Computing selectivity curves…", exact=False)
@@ -232,6 +271,7 @@ def test_four_browser_sessions_at_once(counted_server):
                 pages[k].locator("[data-testid='stMetricValue']").nth(2).wait_for(timeout=60_000)
                 _wait_idle(pages[k], 60)
             cached_s = time.time() - t0
+            print(f"cached pages rendered in {cached_s:.1f} s while another session computed")
             still_running = not _idle(pages["a"]) and not _computation_done(log, long_keys)
             assert still_running, "the long computation ended before the cached pages rendered: the test shows nothing"
             assert cached_s < 20, f"cached pages took {cached_s:.1f} s while another session computed"
@@ -240,11 +280,12 @@ def test_four_browser_sessions_at_once(counted_server):
                     assert _metric(pages[k], label) == value, (k, label)
             for k in sel:
                 _wait_idle(pages[k], 400)
+            assert pages["a"].get_by_text("Computing selectivity curves — done").count() >= 1
             for k, (layer, _) in sel.items():
                 res = service.selectivity(long_models[0], TASK, layer)
                 f = int(np.argsort(res.aue, kind="stable")[0])
                 box = pages[k].locator("[data-testid='stSelectbox']").filter(has_text="Filter (most selective first)")
-                assert f"#{f} · AuE {res.aue[f]:.3f} bits · rank 1 of {len(res.aue)}" in box.inner_text(), k
+                assert f"#{f} · AuE {res.aue[f]:.3f} bits · rank 1 of {len(res.aue)}" in _shown(box), k
             for k in "abcd":
                 assert pages[k].locator("[data-testid='stException']").count() == 0, k
         finally:
