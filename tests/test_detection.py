@@ -294,3 +294,14 @@ def test_voc_selective_search_pipeline_runs(voc_root, tmp_cache, tiny_net):
     assert rows == sorted(rows, key=lambda d: -d["score"])
     assert all(d["class_name"] == VOC_CLASSES[d["class"]] for d in rows)
     assert list((tmp_cache / "proposals").rglob("*.npy"))
+
+
+def test_register_voc_detection_task(voc_root, tmp_cache):
+    from core import service
+
+    t = service.register_voc_detection(str(voc_root))
+    assert service.task("voc07-det") == t and t.kind == "det" and t.paper == "PASCAL-DET"
+    assert len(service.load_detection(t.test).boxes) == 8
+    assert service.detection_config("voc07-det").proposals == "selective-search"
+    with pytest.raises(DataMissingError):
+        service.register_voc_detection(str(voc_root / "missing"))

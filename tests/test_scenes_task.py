@@ -146,3 +146,12 @@ def test_demo_scene_accuracy_and_paper_table(demo_env):
     assert all("±" in v for v in t1["measured (%)"])
     with pytest.raises(InputError, match="Table 8"):
         service.paper_table(8, "scene")
+
+
+def test_register_sun397_uses_official_partitions(sun_root, tmp_cache):
+    from core import service
+
+    t = service.register_sun397(str(sun_root))
+    assert service.task("sun397").kind == "scene" and t.paper == "SUN-CLS"
+    parts = service._scene_partitions(t, 12)
+    assert parts is not None and len(parts) == 1 and (parts[0] == 2).sum() == 3
