@@ -28,7 +28,7 @@ import numpy as np
 
 from core import analysis, demo, extraction
 from core.cache import default_cache
-from core.config import code_version
+from core.config import cache_root, code_version
 from core.datasets import ImageSet, load_dataset
 from core.errors import DataMissingError, InputError
 from core.models import LoadedModel, build_torchvision
@@ -62,9 +62,25 @@ def register_task(task: TaskSpec) -> None:
         _TASKS[task.id] = task
 
 
+def _demo_built() -> bool:
+    """:func:`demo.is_built`, remembered while the demo's manifest file is unchanged (it
+    hashes the whole demo config, and pages ask many times per run)."""
+    path = demo.demo_dir() / "manifest.json"
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return _demo_built_at(str(path), info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+@lru_cache(maxsize=8)
+def _demo_built_at(path: str, mtime_ns: int, size: int, inode: int) -> bool:
+    return demo.is_built()
+
+
 def tasks() -> dict[str, TaskSpec]:
     """Every known task: the demo's (when built) plus registered real-data tasks."""
-    out = {t.id: t for t in demo.demo_tasks()} if demo.is_built() else {}
+    out = {t.id: t for t in demo.demo_tasks()} if _demo_built() else {}
     with _LOCK:
         out.update(_TASKS)
     return {k: TaskSpec(**v) if isinstance(v, dict) else v for k, v in out.items()}
@@ -73,7 +89,7 @@ def tasks() -> dict[str, TaskSpec]:
 def task(task_id: str) -> TaskSpec:
     all_tasks = tasks()
     if task_id not in all_tasks:
-        if task_id.startswith("demo") and not demo.is_built():
+        if task_id.startswith("demo") and not _demo_built():
             raise DataMissingError("the embedded demo is not built yet: run `make run` or `python -m core demo`.")
         raise InputError(f"unknown task '{task_id}'; known: {', '.join(all_tasks) or 'none'}")
     return all_tasks[task_id]
@@ -81,7 +97,7 @@ def task(task_id: str) -> TaskSpec:
 
 def models() -> dict[str, str]:
     """Model id -> human title, the demo's first."""
-    return demo.demo_models() if demo.is_built() else {}
+    return demo.demo_models() if _demo_built() else {}
 
 
 @lru_cache(maxsize=32)
@@ -150,11 +166,56 @@ def features(model_id: str, dataset_id: str, layer: str, *, progress: Progress |
              device: str = "auto", backend: ComputeBackend | str | None = None) -> extraction.LayerFeatures:
     """Stored features of one layer (extracted on first use, on ``backend`` or the context's)."""
     lm, data = load_model(model_id), load_set(dataset_id)
-    stored = extraction.load_features(lm, data, layer)
+    stored = _stored_features(lm, data, layer)
     if stored is not None:
         return stored
     with _extract_lock(model_id, dataset_id):
         return _extract(model_id, dataset_id, [layer], device, progress, backend)[layer]
+
+
+_OPENED: dict[str, tuple[tuple, extraction.LayerFeatures]] = {}
+
+
+def _file_signature(npy) -> tuple | None:
+    try:
+        a, b = npy.stat(), npy.with_suffix(".json").stat()
+    except OSError:
+        return None
+    return a.st_mtime_ns, a.st_size, a.st_ino, b.st_mtime_ns, b.st_size, b.st_ino
+
+
+def _features_dir(lm: LoadedModel, data: ImageSet):
+    spec = lm.spec
+    key = (str(cache_root()), spec.name, spec.arch, spec.weights.sha256, spec.input_size,
+           tuple(spec.mean), tuple(spec.std), spec.resize, data.name, data.fingerprint)
+    with _LOCK:
+        found = _DIRS.get(key)
+    if found is None:
+        found = extraction.features_dir(lm, data)
+        with _LOCK:
+            _DIRS[key] = found
+    return found
+
+
+_DIRS: dict[tuple, Any] = {}
+
+
+def _stored_features(lm: LoadedModel, data: ImageSet, layer: str) -> extraction.LayerFeatures | None:
+    """:func:`extraction.load_features`, remembered per file while the files are unchanged
+    (warm pages ask for the same layers many times; a re-extraction replaces the files)."""
+    npy = _features_dir(lm, data) / f"{layer}.npy"
+    sig = _file_signature(npy)
+    with _LOCK:
+        seen = _OPENED.get(str(npy))
+    if sig is not None and seen is not None and seen[0] == sig:
+        return seen[1]
+    stored = extraction.load_features(lm, data, layer)
+    if stored is not None and sig is not None:
+        with _LOCK:
+            if len(_OPENED) > 4096:
+                _OPENED.clear()
+            _OPENED[str(npy)] = (sig, stored)
+    return stored
 
 
 def extract_all(model_id: str, dataset_id: str, layers: Sequence[str], *, progress: Progress | None = None,
@@ -166,7 +227,7 @@ def extract_all(model_id: str, dataset_id: str, layers: Sequence[str], *, progre
 
 
 def is_extracted(model_id: str, dataset_id: str, layer: str) -> bool:
-    return extraction.load_features(load_model(model_id), load_set(dataset_id), layer) is not None
+    return _stored_features(load_model(model_id), load_set(dataset_id), layer) is not None
 
 
 _EXTRACT_LOCKS: dict[tuple[str, str], threading.Lock] = {}
@@ -180,9 +241,15 @@ def _extract_lock(model_id: str, dataset_id: str) -> threading.Lock:
 def pooled(model_id: str, dataset_id: str, layer: str, progress: Progress | None = None) -> tuple[np.ndarray, str]:
     """Spatially max-pooled features ``[N, F]`` float32 (Sec. 4) and their fingerprint."""
     f = features(model_id, dataset_id, layer, progress=progress)
-    arr = f.array()
-    out = analysis.spatial_max(arr).astype(np.float32) if arr.ndim == 4 else np.asarray(arr, dtype=np.float32)
-    return out, f.fingerprint
+    return _pooled(str(f.path), f.fingerprint).copy(), f.fingerprint
+
+
+@lru_cache(maxsize=16)
+def _pooled(path: str, fingerprint: str) -> np.ndarray:
+    """Max-pooled features of one stored layer file (by path and fingerprint: a new extraction
+    has a new fingerprint); callers get copies."""
+    arr = np.load(path, mmap_mode="r")
+    return analysis.spatial_max(arr).astype(np.float32) if arr.ndim == 4 else np.asarray(arr, dtype=np.float32)
 
 
 def layers_of(model_id: str) -> list[str]:
@@ -212,8 +279,16 @@ def _prov(model_id: str, dataset: str, layer: str, params: dict) -> Provenance:
                       time.strftime("%Y-%m-%d %H:%M"))
 
 
-def _cached(request: Any, fingerprints: Sequence[str], compute: Callable[[], Any]) -> Any:
-    return default_cache().get_or_compute(request, fingerprints, compute)
+def _cached(request: Any, fingerprints: Sequence[str], compute: Callable[[], Any],
+            progress: Progress | None = None) -> Any:
+    """The cached result of ``request`` on inputs ``fingerprints``, else ``compute()`` (once,
+    across threads and processes). ``progress`` hears about it only when there is work to do."""
+    on_miss = None
+    if progress is not None:
+        what = " ".join(str(v) for v in (type(request).__name__.removesuffix("Request").lower(),
+                                         getattr(request, "model", ""), getattr(request, "layer", "")) if v)
+        on_miss = lambda: progress(0, 1, f"computing {what}")  # noqa: E731
+    return default_cache().get_or_compute(request, fingerprints, compute, on_miss=on_miss)
 
 
 @dataclass(frozen=True)
@@ -262,7 +337,7 @@ def selectivity(model_id: str, task_id: str, layer: str, num_thresholds: int = 1
         return SelectivityResult(a, frac, mean, base_curves, data.class_names,
                                  _prov(model_id, t.test, layer, {"thresholds": num_thresholds}))
 
-    return _cached(req, [f.fingerprint], compute)
+    return _cached(req, [f.fingerprint], compute, progress)
 
 
 def entropy_curve(model_id: str, task_id: str, layer: str, filt: int, num_thresholds: int = 100) -> dict:
@@ -316,7 +391,7 @@ def filter_ap(model_id: str, task_id: str, layer: str, shuffles: int = 3,
         return FilterAPResult(ap, prevalence, sh, data.class_names,
                               _prov(model_id, t.test, layer, {"pooling": "spatial max"}))
 
-    return _cached(req, [fp], compute)
+    return _cached(req, [fp], compute, progress)
 
 
 def pr_curves(model_id: str, task_id: str, layer: str, cls: int, filters: Sequence[int]) -> list[dict]:
@@ -362,7 +437,7 @@ def svm_ranking(model_id: str, task_id: str, layer: str, progress: Progress | No
         return {"result": res, "class_names": tr.class_names,
                 "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"pooling": "spatial max"})}
 
-    return _cached(RankingRequest(model_id, task_id, layer), [fp_tr, fp_te], compute)
+    return _cached(RankingRequest(model_id, task_id, layer), [fp_tr, fp_te], compute, progress)
 
 
 @dataclass
@@ -448,7 +523,8 @@ def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
         return {"table": rows, "per_class": per_class, "class_names": data.class_names,
                 "provenance": _prov(model_id, t.test, ",".join(layers), {})}
 
-    return _cached(SparsityRequest(model_id, task_id, layers), [f.fingerprint for f in feats.values()], compute)
+    return _cached(SparsityRequest(model_id, task_id, layers), [f.fingerprint for f in feats.values()], compute,
+                   progress)
 
 
 @dataclass(frozen=True)
@@ -480,7 +556,7 @@ def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0,
                 "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"seeds": list(seeds)})}
 
     return _cached(AblationRequest(model_id, task_id, layer, tuple(seeds)), [ftr.fingerprint, fte.fingerprint],
-                   compute)
+                   compute, progress)
 
 
 # ---- per-layer linear mAP (Tables 1-4, Fig. 2)
@@ -503,7 +579,8 @@ def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None
                                   config=TABLE_CLASSIFIER)
         return {"map": res.map, "ap": res.ap, "class_names": tr.class_names}
 
-    return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute)
+    return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute,
+                   progress)
 
 
 def layer_map_table(model_ids: Sequence[str], task_id: str, layers: Sequence[str] | None = None,
@@ -558,6 +635,12 @@ def warm_demo(progress: Progress | None = None, tasks_to_warm: Sequence[str] = (
 
 
 def layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
+    """Output shape of each analysable layer (one dummy forward per model and process)."""
+    return dict(_layer_shapes(model_id))
+
+
+@lru_cache(maxsize=32)
+def _layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
     from core.models import layer_shapes as _shapes
 
     return _shapes(load_model(model_id))
