@@ -116,9 +116,13 @@ def stamp_text(prov: Any, url: str = "") -> str:
 
 
 def permalink(page: str, params: Mapping[str, Any] | None = None, base: str = DEFAULT_BASE_URL) -> str:
-    """The URL of a view: ``<base>/<page url path>?model=…&task=…`` (empty values dropped)."""
+    """The URL of a view: ``<base>/<page url path>?model=…&task=…`` (empty values dropped).
+
+    ``page`` may be empty when ``base`` already is the page's URL (``st.context.url``).
+    """
     query = urlencode({k: str(v) for k, v in (params or {}).items() if v not in (None, "")}, safe=":,")
-    return f"{base.rstrip('/')}/{page.strip('/')}" + (f"?{query}" if query else "")
+    path = page.strip("/")
+    return base.rstrip("/") + (f"/{path}" if path else "") + (f"?{query}" if query else "")
 
 
 def stamped(fig: go.Figure, stamp: str | None, *, presentation: bool | None = None) -> go.Figure:

@@ -49,6 +49,7 @@ def test_stamp_names_model_hash_data_layer_params_date_code_and_url():
     url = export.permalink("precision-recall", {"model": MODEL, "compare": "", "task": TASK, "layer": "conv5",
                                                 "cls": 3})
     assert url == "http://127.0.0.1:8501/precision-recall?model=demo:finetuned&task=demo-detgt&layer=conv5&cls=3"
+    assert export.permalink("", {"layer": "conv5"}, "http://h:8501/overlap/") == "http://h:8501/overlap?layer=conv5"
     assert export.stamp_text(_prov(), url) == (
         "model demo:finetuned (weights 0123456789ab) · data demo:target-test-detgt · layer conv5 · "
         "pooling=spatial max · computed 2026-12-01 10:00 · code 0.1.0@abc1234 · " + url)
