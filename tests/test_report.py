@@ -87,6 +87,25 @@ def test_standard_items_carry_captions_stamps_and_the_service_numbers(items):
                                    [round(100 * service.layer_map(m, TASK, l)["map"], 1) for l in layers.table.index])
 
 
+def test_selectivity_overlap_and_ablation_items_hold_the_service_numbers():
+    from core import service
+
+    req = report.ReportRequest(model=MODEL, compare=None, task=TASK, layer="conv5", ablation_seeds=(0,))
+    sel, ov, abl = report.standard_items(req, ["sel", "overlap", "ablation"])
+    for layer in service.layers_of(MODEL):
+        assert sel.table.loc[layer, "fine-tuned"] == round(float(service.selectivity(MODEL, TASK, layer).aue.mean()), 3)
+    assert (sel.paper_ref, ov.paper_ref, abl.paper_ref) == ("Fig. 1", "Fig. 5", "Tables 7-8")
+    width = service.filters_needed(MODEL, TASK, "conv5").ranking.ranking.shape[1]
+    o = service.overlap(MODEL, TASK, "conv5", report.overlap_k(width))
+    assert list(ov.table.index) == [o.class_names[i] for i in o.order]
+    np.testing.assert_allclose(ov.table.to_numpy(), o.matrix[np.ix_(o.order, o.order)].round(3))
+    for layer in ("conv5", "fc7"):
+        for r in service.ablation(MODEL, TASK, layer, seeds=(0,))["summary"]:
+            row = abl.table[(abl.table["layer"] == layer) & (abl.table["ablation"] == r["ablation"])]
+            assert row["mAP (%)"].item() == round(100 * r["mean"], 1)
+    assert "layer=conv5" in sel.url and "/overlap?" in ov.url and "/ablations?" in abl.url
+
+
 def test_item_figure_round_trips_and_switches_to_presentation(items):
     it = items[-1]
     screen, big = it.figure(), it.figure(presentation=True)
