@@ -259,22 +259,18 @@ def test_four_browser_sessions_at_once(counted_server):
             pages["d"].goto(f"{url}/overview", wait_until="domcontentloaded")  # a warm server: models loaded
             pages["d"].wait_for_selector("h1", timeout=900_000)
             _wait_idle(pages["d"], 900)
+            base_s = _open_cached(pages, url, pr)  # the same cached pages with nothing else running
             for k, (_, path) in sel.items():        # two sessions ask for the same uncached results
                 pages[k].goto(url + path, wait_until="domcontentloaded")
             running = pages["a"].get_by_text("Computing selectivity curves…", exact=False)
             running.first.wait_for(timeout=120_000)  # progress is shown in the session that computes
-            for k, (m, layer, c) in pr.items():      # meanwhile two more sessions open cached pages
-                pages[k].goto(f"{url}/precision-recall?model={m}&task={TASK}&layer={layer}&cls={c}",
-                              wait_until="domcontentloaded")
-            t0 = time.time()
-            for k in pr:
-                pages[k].locator("[data-testid='stMetricValue']").nth(2).wait_for(timeout=60_000)
-                _wait_idle(pages[k], 60)
-            cached_s = time.time() - t0
-            print(f"cached pages rendered in {cached_s:.1f} s while another session computed")
+            cached_s = _open_cached(pages, url, pr)  # meanwhile two more sessions open cached pages
+            print(f"cached pages rendered in {cached_s:.1f} s while another session computed, "
+                  f"{base_s:.1f} s with nothing else running")
             still_running = not _idle(pages["a"]) and not _computation_done(log, long_keys)
             assert still_running, "the long computation ended before the cached pages rendered: the test shows nothing"
-            assert cached_s < 20, f"cached pages took {cached_s:.1f} s while another session computed"
+            # not blocked: about as fast as with an idle server (the machine itself may be loaded)
+            assert cached_s < 3 * base_s + 5, f"cached pages took {cached_s:.1f} s, {base_s:.1f} s when idle"
             for k, (m, layer, c) in pr.items():      # each session shows the numbers of its own selection
                 for label, value in _pr_expected(m, layer, c).items():
                     assert _metric(pages[k], label) == value, (k, label)
@@ -292,6 +288,19 @@ def test_four_browser_sessions_at_once(counted_server):
             browser.close()
     runs = [r["key"] for r in _computed(log)]
     assert {k: runs.count(k) for k in long_keys} == {k: 1 for k in long_keys}, "each result computed exactly once"
+
+
+def _open_cached(pages: dict, url: str, pr: dict) -> float:
+    """Open each session's Precision-recall permalink (a new script session each time) and
+    return the seconds until all of them show their numbers and finished running."""
+    for k, (m, layer, c) in pr.items():
+        pages[k].goto(f"{url}/precision-recall?model={m}&task={TASK}&layer={layer}&cls={c}",
+                      wait_until="domcontentloaded")
+    t0 = time.time()
+    for k in pr:
+        pages[k].locator("[data-testid='stMetricValue']").nth(2).wait_for(timeout=120_000)
+        _wait_idle(pages[k], 120)
+    return time.time() - t0
 
 
 def _computation_done(log: Path, keys: list[str]) -> bool:
