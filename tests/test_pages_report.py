@@ -94,3 +94,22 @@ def test_report_page_without_pins_explains_what_to_do():
     assert at.header[0].value == "Pinned figures (0)"
     assert "Pin to report" in at.info[0].value
     assert _button(at, "rp_start").disabled
+
+
+def test_without_a_browser_the_image_buttons_are_disabled_and_say_what_to_install(monkeypatch):
+    from core import export
+
+    monkeypatch.setattr(export, "find_browser", lambda: None)
+    at = app_test("pages/filters_needed.py")
+    _ok(at)
+    buttons = {el.proto.label: el.proto for el in at.get("download_button")}
+    for fmt in ("PNG", "SVG"):
+        assert buttons[fmt].disabled and "install chromium" in buttons[fmt].help
+    assert not buttons["CSV"].disabled and not buttons["LaTeX"].disabled  # tables need no browser
+    _button(at, "fn_curves__pin").click().run()
+    at.switch_page("pages/report.py").run()
+    _ok(at)
+    report_buttons = {el.proto.label: el.proto for el in at.get("download_button")}
+    assert not report_buttons["HTML report (interactive, offline)"].disabled
+    for label in ("Slides (1920×1080 PNG, zip)", "PDF (one page per figure)"):
+        assert report_buttons[label].disabled and "make chromium" in report_buttons[label].help
