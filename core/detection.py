@@ -15,9 +15,10 @@ which use the R-CNN pipeline of Girshick et al. (CVPR 2014) *without bounding-bo
    (:func:`core.analysis.evaluate_detections`).
 
 Deviations (all stated in :class:`DetectionConfig`): mining is done in fixed rounds over a
-feature matrix held in memory rather than R-CNN's image-by-image cache passes; training can be
-capped to the first ``max_train_images`` images (the demo does this to stay within 2 minutes on
-2 cores); detections are capped to ``top_per_image`` per class and image after NMS.
+feature matrix held in memory rather than R-CNN's image-by-image cache passes; training and
+testing can be capped to the first ``max_train_images`` / ``max_test_images`` images (the demo
+does this to aim at 2 minutes on 2 cores); detections are capped to ``top_per_image`` per class
+and image after NMS; the expanded crop box keeps fractional coordinates (as the DET-GT crops).
 """
 from __future__ import annotations
 

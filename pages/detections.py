@@ -26,11 +26,9 @@ with guard("the detections"):
     per_class = c2.number_input("Detections per class", 1, 10, 2, key="det_per_class")
     min_score = c3.number_input("Minimum SVM score", -5.0, 5.0, -1.0, step=0.25, key="det_min_score",
                                 help="-1 is the SVM margin (R-CNN's hard-negative threshold).")
-    if service.is_detection_cached(sel.model, sel.task, sel.layer, ablation):
-        res = service.detection_map(sel.model, sel.task, sel.layer, ablation)
-    else:
-        res = computing(f"Training and evaluating detectors on {sel.layer} ({ablation})…", service.detection_map,
-                        sel.model, sel.task, sel.layer, ablation)
+    # the progress box appears only when something is computed (proposals, region features, SVMs)
+    res = computing(f"Training and evaluating detectors on {sel.layer} ({ablation})…", service.detection_map,
+                    sel.model, sel.task, sel.layer, ablation)
     n = service.detection_images(sel.task)
     image = int(st.number_input(f"Test image (0-{n - 1})", 0, n - 1, 0, key="det_image"))
     view = service.detections(sel.model, sel.task, image, sel.layer, ablation, per_class=int(per_class),
