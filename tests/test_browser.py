@@ -13,7 +13,14 @@ import pytest
 
 from conftest import ROOT
 
-PAGES = ["overview", "selectivity", "precision-recall", "filters-needed", "overlap", "ablations", "training", "probe"]
+def _nav_paths() -> list[str]:
+    """Every page's url_path, read from app.py's navigation (so new pages are covered)."""
+    import re
+
+    return re.findall(r'url_path="([^"]+)"', (ROOT / "app.py").read_text())
+
+
+PAGES = _nav_paths()
 
 pytestmark = pytest.mark.browser
 
@@ -48,6 +55,7 @@ def server(demo_env):
 
 
 def test_every_page_renders_in_chromium(server, tmp_path):
+    assert {"overview", "selectivity", "probe", "detections", "report"} <= set(PAGES), PAGES
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make test installs it)")
