@@ -38,9 +38,29 @@ def tqdm_progress(desc: str = "") -> Iterator:
             b.close()
 
 
+def _demo_profile(args: argparse.Namespace) -> str | None:
+    """``--profile``, or the profile of ``--dataset`` (they must agree when both are given)."""
+    from core import demo
+    from core.errors import InputError
+
+    if args.profile and args.profile not in demo.PROFILES:
+        raise InputError(f"unknown demo profile {args.profile!r}; use one of {', '.join(demo.PROFILES)}")
+    if args.dataset is None:
+        return args.profile
+    want = demo.DATASET_PROFILES[args.dataset]
+    if args.profile and demo.PROFILES[args.profile].data != demo.PROFILES[want].data:
+        raise InputError(f"--profile {args.profile} builds from {demo.PROFILES[args.profile].data}, not "
+                         f"{args.dataset}: drop one of --profile / --dataset")
+    return args.profile or want
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from core import demo, service
+    from core.datasets import ensure_fashion_mnist
 
+    args.profile = _demo_profile(args)
+    if demo.PROFILES[args.profile or demo.profile_name()].data == "fashion-mnist":
+        ensure_fashion_mnist(install=True, say=print)  # Debian's package, when root; else says the command
     if args.profile:  # the warm step and the app read the profile from the environment
         import os
 
@@ -120,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("demo", help="build the embedded demo (idempotent)")
-    p.add_argument("--profile", default=None, help="full (default) or tiny ($FILTERSCOPE_DEMO)")
+    p.add_argument("--profile", default=None, help="full (default), tiny or fashion ($FILTERSCOPE_DEMO)")
+    p.add_argument("--dataset", choices=("scenes", "fashion-mnist"), default=None,
+                   help="scenes: the procedural demo (profile full); fashion-mnist: the real-image demo on "
+                        "Debian's dataset-fashion-mnist (profile fashion; installs the package when root)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     p.add_argument("--no-warm", action="store_true", help="skip pre-computing the standard analyses")
     p.set_defaults(func=cmd_demo)

@@ -26,7 +26,9 @@ import gzip
 import hashlib
 import logging
 import os
+import shutil
 import struct
+import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,6 +502,12 @@ def image_folder(root: PathLike, split: str | None = None) -> ImageFolderSet:
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the four ``*-ubyte.gz`` files."""
 
+FASHION_MNIST_ENV = "FILTERSCOPE_FASHION_MNIST"
+"""Environment variable naming another folder with the IDX files (tests point it at a fixture)."""
+
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_INSTALL = f"apt-get install -y {FASHION_MNIST_PACKAGE}"
+
 FASHION_CLASSES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 """The 10 Fashion-MNIST labels, in label order 0..9."""
@@ -547,12 +555,19 @@ def read_idx(path: PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
+def fashion_mnist_root() -> Path:
+    """The Fashion-MNIST folder: ``$FILTERSCOPE_FASHION_MNIST`` if set, else :data:`FASHION_MNIST_DIR`."""
+    env = os.environ.get(FASHION_MNIST_ENV)
+    return Path(env).expanduser() if env else FASHION_MNIST_DIR
+
+
 def _fashion_file(root: Path, stem: str) -> Path:
     for cand in (root / stem, root / f"{stem}.gz"):
         if cand.is_file():
             return cand
     if root == FASHION_MNIST_DIR:
-        todo = "install it with `apt-get install dataset-fashion-mnist` (or pass root=<folder with the IDX files>)"
+        todo = (f"install it with `apt-get install {FASHION_MNIST_PACKAGE}` (as root, Debian), or set "
+                f"${FASHION_MNIST_ENV} (or pass root=) to a folder with the IDX files")
     else:
         todo = f"put the Fashion-MNIST IDX files there or pass another root (default: {FASHION_MNIST_DIR})"
     raise DataMissingError(f"Fashion-MNIST file {root / stem}[.gz] is missing: {todo}.")
@@ -579,6 +594,95 @@ def _fashion_classes(classes: Sequence[str | int] | str | None) -> list[int]:
     return out
 
 
+def _fashion_stems() -> list[str]:
+    return [f"{stem}-{kind}" for stem in _FASHION_FILES.values()
+            for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+
+
+def can_apt_install() -> bool:
+    """True when this process may install Debian packages: root, on Debian, with ``apt-get``."""
+    return (hasattr(os, "geteuid") and os.geteuid() == 0 and Path("/etc/debian_version").is_file()
+            and shutil.which("apt-get") is not None)
+
+
+def ensure_fashion_mnist(root: PathLike | None = None, *, install: bool = False,
+                         say: Callable[[str], None] = logger.info,
+                         run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Path:
+    """Check that the four Fashion-MNIST IDX files are there; optionally install Debian's package.
+
+    Parameters
+    ----------
+    root : path, optional
+        Folder to check (default :func:`fashion_mnist_root`).
+    install : bool
+        When files are missing from Debian's folder and this process is root on Debian
+        (``apt-get`` present), run ``apt-get install -y dataset-fashion-mnist`` (after an
+        ``apt-get update`` if the first try fails). Nothing else is ever downloaded.
+    say : callable
+        Receives a line for every command run (the CLI prints them).
+    run : callable
+        ``subprocess.run``-compatible runner (tests inject a fake one).
+
+    Returns
+    -------
+    Path
+        The folder holding the files.
+
+    Raises
+    ------
+    DataMissingError
+        Files still missing; the message names the exact command to run.
+    """
+    root = Path(root).expanduser() if root is not None else fashion_mnist_root()
+
+    def missing() -> list[str]:
+        return [s for s in _fashion_stems() if not ((root / s).is_file() or (root / f"{s}.gz").is_file())]
+
+    if not missing():
+        return root
+    if install and root == FASHION_MNIST_DIR and can_apt_install():
+        for cmd in ([FASHION_MNIST_INSTALL], ["apt-get update", FASHION_MNIST_INSTALL]):
+            for line in cmd:
+                say(f"Fashion-MNIST is missing from {root}: running `{line}`")
+                done = run(line.split(), check=False)
+                if done.returncode != 0:
+                    say(f"`{line}` failed (exit status {done.returncode})")
+                    break
+            if not missing():
+                return root
+    lack = missing()
+    raise DataMissingError(f"Fashion-MNIST file(s) {', '.join(lack)}[.gz] missing from {root}: "
+                           + (f"run `{FASHION_MNIST_INSTALL}` as root (Debian's package puts them in "
+                              f"{FASHION_MNIST_DIR})" if root == FASHION_MNIST_DIR else
+                              "put the four IDX files there") + f", or set ${FASHION_MNIST_ENV} to a folder "
+                           "holding them.")
+
+
+def read_fashion_mnist(split: str = "train", root: PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The raw split: grey images uint8 ``[N, 28, 28]`` and labels int64 ``[N]`` in ``0..9``
+    (:data:`FASHION_CLASSES` order), read from ``root`` (default :func:`fashion_mnist_root`).
+
+    Raises
+    ------
+    InputError
+        Unknown split, or files that do not match each other or hold labels beyond 9.
+    DataMissingError
+        A file is missing (the message says how to install it).
+    """
+    if split not in _FASHION_FILES:
+        raise InputError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
+    root = Path(root).expanduser() if root is not None else fashion_mnist_root()
+    stem = _FASHION_FILES[split]
+    images = read_idx(_fashion_file(root, f"{stem}-images-idx3-ubyte"))
+    labels = read_idx(_fashion_file(root, f"{stem}-labels-idx1-ubyte"))
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
+        raise InputError(f"Fashion-MNIST files in {root} do not match: images {images.dtype} {images.shape}, "
+                         f"labels {labels.dtype} {labels.shape}")
+    if len(labels) and int(labels.max()) >= len(FASHION_CLASSES):
+        raise InputError(f"Fashion-MNIST labels in {root} go up to {int(labels.max())}; expected 0..9")
+    return images, labels.astype(np.int64)
+
+
 def fashion_mnist(root: PathLike | None = None, split: str = "train", size: int = 64,
                   classes: Sequence[str | int] | str | None = None) -> ArrayImageSet:
     """Fashion-MNIST from its IDX files, as RGB images of ``size`` x ``size``.
@@ -587,7 +691,7 @@ def fashion_mnist(root: PathLike | None = None, split: str = "train", size: int 
     ----------
     root : path, optional
         Folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; default
-        :data:`FASHION_MNIST_DIR` (Debian's ``dataset-fashion-mnist``).
+        ``$FILTERSCOPE_FASHION_MNIST``, else :data:`FASHION_MNIST_DIR` (Debian's ``dataset-fashion-mnist``).
     split : {"train", "test"}
     size : int
         Output side; the 28 x 28 grey images are resized with PIL bilinear (none at 28) and
@@ -605,17 +709,9 @@ def fashion_mnist(root: PathLike | None = None, split: str = "train", size: int 
         raise InputError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise InputError(f"size must be a positive integer, got {size!r}")
-    root = Path(root).expanduser() if root is not None else FASHION_MNIST_DIR
-    stem = _FASHION_FILES[split]
-    images = read_idx(_fashion_file(root, f"{stem}-images-idx3-ubyte"))
-    labels = read_idx(_fashion_file(root, f"{stem}-labels-idx1-ubyte"))
-    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
-        raise InputError(f"Fashion-MNIST files in {root} do not match: images {images.dtype} {images.shape}, "
-                         f"labels {labels.dtype} {labels.shape}")
+    images, labels = read_fashion_mnist(split, root)
     keep = _fashion_classes(classes)
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-    if len(labels) and int(labels.max()) >= len(FASHION_CLASSES):
-        raise InputError(f"Fashion-MNIST labels in {root} go up to {int(labels.max())}; expected 0..9")
+    digest = hashlib.sha256(images.tobytes() + labels.astype(np.uint8).tobytes()).hexdigest()
     new_label = np.full(len(FASHION_CLASSES), -1, np.int64)
     new_label[keep] = np.arange(len(keep))
     mask = new_label[labels] >= 0
