@@ -297,11 +297,22 @@ def test_cli_demo_fashion_reports_missing_package(no_package, monkeypatch, capsy
 
 
 # --------------------------------------------------------------------------- tiny build end to end
+def _clear_service_caches() -> None:
+    from core import service
+
+    for fn in (service.load_model, service.load_set, service._demo_built_at):
+        fn.cache_clear()
+
+
+@pytest.mark.slow
 def test_tiny_fashion_build_end_to_end(fashion_root, tmp_cache, monkeypatch):
+    """A tiny ``fashion`` build (~20 s), then the app's standard analyses on it (``warm_demo``)."""
+    from core import service
     from core.datasets import load_dataset
 
     quick = TrainConfig(iterations=2, batch_size=8, lr=1e-3, seed=1, optimizer="adamw")
-    cfg = replace(demo.PROFILES["fashion"], profile="fashion-tiny", **SMALL, finetune=quick, scratch=quick,
+    sizes = {**SMALL, "target_train": 30, "target_test": 30}
+    cfg = replace(demo.PROFILES["fashion"], profile="fashion-tiny", **sizes, finetune=quick, scratch=quick,
                   pretrain=TrainConfig(iterations=4, batch_size=16, lr=1e-3, optimizer="adamw", snapshots=(0, 2, 4)),
                   finetune_from=(2,), net=DemoNetConfig(widths=(8, 16, 16, 16, 8), fc=32))
     monkeypatch.setitem(demo.PROFILES, "fashion-tiny", cfg)
@@ -314,6 +325,14 @@ def test_tiny_fashion_build_end_to_end(fashion_root, tmp_cache, monkeypatch):
     pre = demo.load_demo_model("demo:pretrained", "fashion-tiny")
     assert tuple(pre.spec.class_names) == datasets.FASHION_SOURCE_CLASSES
     test = load_dataset("demo:fashion-tiny/target-test")
-    assert test.multilabel and test.class_names == datasets.FASHION_TARGET_CLASSES and len(test) == 10
+    assert test.multilabel and test.class_names == datasets.FASHION_TARGET_CLASSES and len(test) == 30
     crops = load_dataset("demo:fashion-tiny/target-test-detgt")
     assert not crops.multilabel and crops.num_classes == 4
+    monkeypatch.setenv("FILTERSCOPE_DEMO", "fashion-tiny")
+    _clear_service_caches()
+    try:
+        assert {"demo-detgt", "demo-cls", "demo-scene"} <= set(service.tasks())
+        assert "demo:finetuned-from-00002" in service.models()
+        service.warm_demo(tasks_to_warm=("demo-detgt",))  # every standard analysis of one task runs
+    finally:
+        _clear_service_caches()  # nothing of this profile leaks into other tests
