@@ -309,7 +309,8 @@ def build_torchvision(arch: str, *, weights: str | os.PathLike | None = None,
     state = load_checkpoint(path) if path is not None else None
     num_classes = 1000
     if state is not None:
-        last = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+        # the classifier is the last weight of rank >= 2 (a Linear, or a 1x1 conv as in SqueezeNet)
+        last = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 2]
         num_classes = int(last[-1].shape[0]) if last else 1000
     net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if state is not None:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -80,6 +81,7 @@ def _demo_built_at(path: str, mtime_ns: int, size: int, inode: int) -> bool:
 
 def tasks() -> dict[str, TaskSpec]:
     """Every known task: the demo's (when built) plus registered real-data tasks."""
+    configure_from_env()
     out = {t.id: t for t in demo.demo_tasks()} if _demo_built() else {}
     with _LOCK:
         out.update(_TASKS)
@@ -96,8 +98,13 @@ def task(task_id: str) -> TaskSpec:
 
 
 def models() -> dict[str, str]:
-    """Model id -> human title, the demo's first."""
-    return demo.demo_models() if _demo_built() else {}
+    """Model id -> human title: the demo's first, then the registered real models
+    (:func:`register_model`, ``$FILTERSCOPE_MODELS``)."""
+    configure_from_env()
+    out = demo.demo_models() if _demo_built() else {}
+    with _LOCK:
+        out.update(_MODELS)
+    return out
 
 
 @lru_cache(maxsize=32)
@@ -758,6 +765,7 @@ def demo_summary() -> dict:
     return {"source_val_accuracy": man["pretrain"].get("source_val_accuracy"),
             "source_val_accuracy_by_snapshot": man["pretrain"].get("source_val_accuracy_by_snapshot", {}),
             "finetune": {k: v.get("target_detgt_test_accuracy") for k, v in man["finetune"].items()},
+            "finetune_map": {k: v.get("target_detgt_test_map") for k, v in man["finetune"].items()},
             "seconds": man.get("seconds", {}), "profile": man["profile"], "built": man["built"]}
 
 
@@ -1090,3 +1098,103 @@ def register_sun397(root: str) -> TaskSpec:
     t = TaskSpec("sun397", "SUN397 · scene classification", f"sun397:{root}", f"sun397:{root}", "scene", "SUN-CLS")
     register_task(t)
     return t
+
+
+# =========================================================================== real models and data in the app
+# The sidebar lists :func:`models` and :func:`tasks`: the demo's, plus what is registered here, from
+# Python, from the sidebar's "Your models and data" box, or from environment variables read once:
+#   FILTERSCOPE_MODELS="tv:alexnet@/data/alexnet.pth,tv:resnet18"   (comma-separated model ids)
+#   FILTERSCOPE_VOC=/data          (a folder holding VOCdevkit/VOC2007: CLS, DET-GT and DET tasks)
+#   FILTERSCOPE_VOC_2012=1         (also train detection on VOC 2012 trainval: PASCAL-DET+DATA)
+#   FILTERSCOPE_SUN397=/data/sun   (SUN-CLS)
+#   FILTERSCOPE_IMAGEFOLDER=/data/imgs   (ImageFolder trees <root>/train and <root>/test)
+_MODELS: dict[str, str] = {}
+_ENV_KEYS = ("FILTERSCOPE_MODELS", "FILTERSCOPE_VOC", "FILTERSCOPE_VOC_2012", "FILTERSCOPE_SUN397",
+             "FILTERSCOPE_IMAGEFOLDER")
+_ENV_STATE: dict[str, Any] = {"seen": None, "errors": []}
+
+
+def register_model(model_id: str, title: str | None = None) -> str:
+    """Make a model selectable on every page: ``tv:<arch>`` (torch hub cache or random init) or
+    ``tv:<arch>@<local weights file>``. It is loaded now, so a bad id, a wrong architecture or a
+    damaged file fails here with an :class:`InputError` naming the problem."""
+    model_id = model_id.strip()
+    lm = load_model(model_id)
+    w = lm.spec.weights
+    title = title or (f"{lm.spec.arch} · {w.source}" + (f" · {Path(w.path).name} ({w.short_hash})" if w.path else ""))
+    with _LOCK:
+        _MODELS[model_id] = title
+    return model_id
+
+
+def register_voc(root: str, with_2012: bool = False) -> list[TaskSpec]:
+    """PASCAL VOC 2007 from a local VOCdevkit as three tasks: image classification (PASCAL-CLS,
+    trainval -> test), ground-truth box crops (PASCAL-DET-GT) and R-CNN detection (PASCAL-DET;
+    ``with_2012`` adds VOC 2012 trainval to its training set, the paper's DET+DATA)."""
+    root = str(Path(root).expanduser())
+    out = []
+    for view, kind, paper, title in (("cls", "cls", "PASCAL-CLS", "classification (multi-label)"),
+                                     ("det-gt", "det-gt", "PASCAL-DET-GT", "ground-truth box crops (DET-GT)")):
+        t = TaskSpec(f"voc07-{view}", f"VOC 2007 test · {title}", f"voc2007:{root}:trainval:{view}",
+                     f"voc2007:{root}:test:{view}", kind, paper)
+        load_set(t.train), load_set(t.test)  # checks the folders and annotations now
+        register_task(t)
+        out.append(t)
+    out.append(register_voc_detection(root, with_2012=with_2012))
+    return out
+
+
+def register_imagefolder(root: str) -> TaskSpec:
+    """An ImageFolder tree with ``<root>/train/<class>/...`` and ``<root>/test/<class>/...`` as a
+    single-label task (every analysis that needs one label per item works on it)."""
+    base = Path(root).expanduser()
+    missing = [s for s in ("train", "test") if not (base / s).is_dir()]
+    if missing:
+        raise InputError(f"ImageFolder task {base}: missing sub-folder(s) {', '.join(missing)}; expected "
+                         f"{base}/train/<class>/<image> and {base}/test/<class>/<image>")
+    t = TaskSpec(f"imagefolder-{base.name}", f"{base.name} · ImageFolder (train -> test)",
+                 f"imagefolder:{base / 'train'}", f"imagefolder:{base / 'test'}", "other", "")
+    tr, te = load_set(t.train), load_set(t.test)
+    if tuple(tr.class_names) != tuple(te.class_names):
+        raise InputError(f"ImageFolder task {base}: train and test have different class folders "
+                         f"({len(tr.class_names)} vs {len(te.class_names)}); use the same classes in both")
+    register_task(t)
+    return t
+
+
+def configure_from_env(environ: Any = None) -> list[str]:
+    """Register the models and data named by the ``FILTERSCOPE_*`` variables (once per distinct
+    setting). Never raises: each problem becomes a message in :func:`config_errors`."""
+    import os
+
+    env = os.environ if environ is None else environ
+    seen = tuple(env.get(k, "") for k in _ENV_KEYS)
+    with _LOCK:
+        if _ENV_STATE["seen"] == seen:
+            return list(_ENV_STATE["errors"])
+        _ENV_STATE["seen"] = seen
+    errors: list[str] = []
+    models_s, voc, voc12, sun, folder = seen
+    jobs: list[tuple[str, Callable[[], Any]]] = [
+        (f"FILTERSCOPE_MODELS: {m}", lambda m=m: register_model(m)) for m in models_s.split(",") if m.strip()]
+    if voc:
+        jobs.append((f"FILTERSCOPE_VOC={voc}", lambda: register_voc(voc, with_2012=voc12 not in ("", "0", "no"))))
+    if sun:
+        jobs.append((f"FILTERSCOPE_SUN397={sun}", lambda: register_sun397(sun)))
+    if folder:
+        jobs.append((f"FILTERSCOPE_IMAGEFOLDER={folder}", lambda: register_imagefolder(folder)))
+    for label, job in jobs:
+        try:
+            job()
+        except (InputError, DataMissingError, OSError) as exc:
+            errors.append(f"{label}: {exc}")
+    with _LOCK:
+        _ENV_STATE["errors"] = errors
+    return errors
+
+
+def config_errors() -> list[str]:
+    """Problems found in the ``FILTERSCOPE_*`` settings (shown by the app's sidebar)."""
+    configure_from_env()
+    with _LOCK:
+        return list(_ENV_STATE["errors"])

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import computing, guard, preset, sidebar
+from ui.common import computing, guard, preset, show_figure, show_table, sidebar
 
 preset(layer="fc7")
 sel = sidebar(compare=False, task_kinds=("det",), default_task="demo-det")
@@ -39,23 +39,27 @@ with guard("the detections"):
                                         title=f"Test image {image}: top detections")
         figures.apply_style(fig, title=None, caption=f"PASCAL-DET analogue · {task.title} · {sel.layer} · {ablation}",
                             stamp=view["provenance"].stamp(), presentation=pres)
-        st.plotly_chart(fig, key="detections")
+        show_figure(fig, "detections", provenance=view["provenance"], paper_ref="PASCAL-DET")
     with right:
         st.metric("Detection mAP (VOC 2007)", f"{100 * res['map']:.1f}%")
         rows = [{"class": d["class_name"], "score": round(d["score"], 3),
                  "box (x1, y1, x2, y2)": ", ".join(f"{v:.0f}" for v in d["box"])} for d in view["detections"]]
         st.caption("Detections on this image")
-        st.dataframe(pd.DataFrame(rows, columns=["class", "score", "box (x1, y1, x2, y2)"]), hide_index=True,
-                     width="stretch")
+        show_table(pd.DataFrame(rows, columns=["class", "score", "box (x1, y1, x2, y2)"]), "detections_table",
+                   provenance=view["provenance"], caption=f"Detections on test image {image}", hide_index=True,
+                   width="stretch")
         gt = [{"class": g["class_name"], "difficult": g["difficult"],
                "box (x1, y1, x2, y2)": ", ".join(f"{v:.0f}" for v in g["box"])} for g in view["ground_truth"]]
         st.caption("Ground truth")
-        st.dataframe(pd.DataFrame(gt, columns=["class", "difficult", "box (x1, y1, x2, y2)"]), hide_index=True,
-                     width="stretch")
+        show_table(pd.DataFrame(gt, columns=["class", "difficult", "box (x1, y1, x2, y2)"]), "ground_truth_table",
+                   provenance=view["provenance"], caption=f"Ground truth of test image {image}", hide_index=True,
+                   width="stretch")
     fig = figures.detection_ap_figure(res["ap"], res["class_names"])
     figures.apply_style(fig, title=None, caption=f"PASCAL-DET analogue · {task.title} · {sel.layer} · {ablation}",
                         stamp=res["provenance"].stamp(), presentation=pres)
-    st.plotly_chart(fig, key="detection_ap")
+    ap_table = pd.DataFrame({"class": res["class_names"], "AP (%)": [100 * v for v in res["ap"]]})
+    show_figure(fig, "detection_ap", provenance=res["provenance"], paper_ref="Tables 1, 8 (PASCAL-DET)",
+                table=ap_table, table_caption="Per-class detection AP (VOC 2007, 11-point)")
     s = res["stats"]
     st.caption(f"{s['train_images']} training images ({s['train_regions']} regions), {s['test_images']} test images "
                f"({s['test_regions']} regions), feature dimension {s['feature_dim']}; computed in "

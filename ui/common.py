@@ -75,6 +75,41 @@ def backend_picker() -> None:
                       help="A running cluster (`ray start --head`): auto or host:port. Empty starts Ray here.")
 
 
+DATA_KINDS = {"VOC 2007 (folder holding VOCdevkit)": "voc", "ImageFolder (<root>/train, <root>/test)": "imagefolder",
+              "SUN397 (folder holding SUN397)": "sun397"}
+
+
+def data_picker() -> None:
+    """Sidebar expander: add a real model (local weights) or a local dataset to every page's choices."""
+    problems = service.config_errors()
+    with st.sidebar.expander("Your models and data", expanded=bool(problems)):
+        for msg in problems:
+            st.warning(msg)
+        model_id = st.text_input("Model id", key="add_model_id", placeholder="tv:alexnet@/data/alexnet.pth",
+                                 help="tv:<torchvision arch>[@<local state dict>]; without a file: the torch hub "
+                                      "cache if it holds the weights, else random init (provenance says which).")
+        if st.button("Add model", key="add_model_btn", disabled=not model_id.strip()):
+            _register(lambda: service.register_model(model_id), f"model {model_id}")
+        kind = st.selectbox("Data kind", list(DATA_KINDS), key="add_data_kind")
+        folder = st.text_input("Data folder", key="add_data_root", placeholder="/data")
+        if st.button("Add data", key="add_data_btn", disabled=not folder.strip()):
+            register = {"voc": service.register_voc, "imagefolder": service.register_imagefolder,
+                        "sun397": service.register_sun397}[DATA_KINDS[kind]]
+            _register(lambda: register(folder.strip()), f"data {folder}")
+        if msg := st.session_state.pop("_add_result", None):
+            (st.success if msg[0] else st.error)(msg[1])
+
+
+def _register(fn: Callable[[], Any], what: str) -> None:
+    """Run a registration; remember its outcome for the next run (the lists change) and rerun."""
+    try:
+        fn()
+        st.session_state["_add_result"] = (True, f"Added {what}: pick it in the lists above.")
+    except FilterscopeError as exc:
+        st.session_state["_add_result"] = (False, f"Could not add {what}: {exc}")
+    st.rerun()
+
+
 def chosen_backend() -> dict:
     """The sidebar's backend choice as keyword arguments of :func:`core.service.compute_backend`."""
     if st.session_state.get("compute_backend") != "Ray":
@@ -412,6 +447,7 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
         elif k in st.query_params:
             del st.query_params[k]
     presentation_toggle()
+    data_picker()
     backend_picker()
     return Selection(model, task_id, chosen_layer, cmp_model, c)
 
