@@ -233,6 +233,11 @@ def test_ray_backend_through_the_service(demo_env, ray_local):
     model, dataset = "demo:scratch", "demo:target-test-detgt"
     lm, data = service.load_model(model), service.load_set(dataset)
     directory = extraction.features_dir(lm, data)
+    aside = demo_env / "ray-test-aside"  # local layers other tests extracted: set aside, restored after
+    aside.mkdir(exist_ok=True)
+    kept = [p for layer in ("conv5", "fc7") for p in directory.glob(f"{layer}.*") if p.is_file()]
+    for p in kept:
+        shutil.move(str(p), aside / p.name)
     try:
         out = service.extract_all(model, dataset, ["conv5"], backend=service.ComputeBackend("ray", num_actors=2))
         assert out["conv5"].sharded and len(out["conv5"].manifest["shards"]) >= 2
@@ -247,6 +252,8 @@ def test_ray_backend_through_the_service(demo_env, ray_local):
         for layer in ("conv5", "fc7"):
             (directory / f"{layer}.json").unlink(missing_ok=True)
             shutil.rmtree(directory / f"{layer}.shards", ignore_errors=True)
+        for p in kept:
+            shutil.move(str(aside / p.name), p)
 
 
 @pytest.mark.slow

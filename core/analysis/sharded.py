@@ -381,6 +381,6 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
     return np.concatenate(parts)
 
 
-__all__ = ["shard_specs", "map_shards", "entropy_curves_sharded", "aue_sharded",
+__all__ = ["entropy_curves_sharded", "aue_sharded",
            "class_filter_ap_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
            "class_nonzero_fraction_sharded", "ablation_features_sharded"]
