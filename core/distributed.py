@@ -350,7 +350,7 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
         with the fingerprint the local path gives for the same model, data and layer.
     """
     loaded, dataset = _resolve_model(model), _resolve_data(data)
-    layers = _validated_layers(loaded, dataset, layers)
+    layers = extraction.validated_layers(loaded, dataset, layers)
     if isinstance(model, str) and not loaded.spec.weights.sha256:
         model = loaded   # random init (no weights file): every actor must get these same weights
     directory = extraction.features_dir(loaded, dataset, root)
@@ -406,17 +406,6 @@ def benchmark(n: int = 2000, batch_size: int = 128, num_actors: int | None = Non
     return {"images": n, "layers": layers, "batch_size": batch_size, "local_img_s": round(n / local_s, 1),
             "ray_img_s": round(n / ray_s, 1), "ray_actors": plan[0], "ray_start_s": round(start_s, 2),
             "threads_per_actor": threads or torch.get_num_threads(), "cpus": os.cpu_count()}
-
-
-def _validated_layers(loaded: LoadedModel, data: ImageSet, layers: Sequence[str]) -> list[str]:
-    layers = list(dict.fromkeys(layers))
-    if not layers:
-        raise InputError("no layers requested; pass e.g. --layers conv1,conv5,fc7")
-    for layer in layers:
-        loaded.module(layer)  # validates the name
-    if len(data) == 0:
-        raise InputError(f"dataset '{data.name}' is empty; nothing to extract")
-    return layers
 
 
 __all__ = ["extract_ray", "benchmark", "ray_session", "require_ray", "shard_ranges", "default_shard_size",

@@ -343,6 +343,18 @@ def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directo
     return {layer: w.path for layer, w in writers.items()}
 
 
+def validated_layers(loaded: LoadedModel, data: ImageSet, layers: Sequence[str]) -> list[str]:
+    """``layers`` without repeats, each a layer of ``loaded``, for a non-empty ``data`` (else InputError)."""
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise InputError("no layers requested; pass e.g. --layers conv1,conv5,fc7")
+    for layer in layers:
+        loaded.module(layer)  # validates the name
+    if len(data) == 0:
+        raise InputError(f"dataset '{data.name}' is empty; nothing to extract")
+    return layers
+
+
 def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, device: str = "auto",
             batch_size: int = 128, num_workers: int | None = None, root: Path | None = None,
             progress: Progress | None = None, force: bool = False) -> dict[str, LayerFeatures]:
@@ -351,13 +363,7 @@ def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, devic
     Returns one :class:`LayerFeatures` per layer. Files appear atomically: a killed
     run leaves only hidden temp files, which the next run ignores and overwrites.
     """
-    layers = list(dict.fromkeys(layers))
-    if not layers:
-        raise InputError("no layers requested; pass e.g. --layers conv1,conv5,fc7")
-    for layer in layers:
-        loaded.module(layer)  # validates the name
-    if len(data) == 0:
-        raise InputError(f"dataset '{data.name}' is empty; nothing to extract")
+    layers = validated_layers(loaded, data, layers)
     directory = features_dir(loaded, data, root)
     directory.mkdir(parents=True, exist_ok=True)
     result = {} if force else {l: f for l in layers if (f := open_layer(directory, l)) is not None}
