@@ -88,3 +88,28 @@ def plotly_figures(at) -> list[dict]:
         return obj
 
     return [decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc, tries: int, stderr_text) -> None:
+    """Poll a Streamlit server's health endpoint every 0.5 s; kill it and fail the test with
+    the tail of ``stderr_text()`` when it has not answered after ``tries`` polls."""
+    import time
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail("streamlit server did not start: " + stderr_text()[-2000:])

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_until_healthy
 
 def _nav_paths() -> list[str]:
     """Every page's url_path, read from app.py's navigation (so new pages are covered)."""
@@ -25,30 +23,17 @@ PAGES = _nav_paths()
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(demo_env):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit server did not start: " + proc.stderr.read().decode()[-2000:])
+    wait_until_healthy(url, proc, 120, lambda: proc.stderr.read().decode())
     yield url
     proc.terminate()
     proc.wait(10)

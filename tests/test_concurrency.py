@@ -20,19 +20,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_until_healthy
 
 TASK = "demo-detgt"
 SLOW_AUE_S = 2.0  # per selectivity result in the browser test: 14 results, ~30 s of computing
@@ -132,12 +130,6 @@ def test_processes_asking_the_same_uncached_result_compute_it_once(demo_env, tmp
 
 
 # --------------------------------------------------------------------------- browser, four sessions
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _SLOW_SERVER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
@@ -161,7 +153,7 @@ def counted_server(demo_env, tmp_path_factory):
     (see the module docstring); yields (url, log)."""
     folder = tmp_path_factory.mktemp("server")
     log, errors = folder / "computed.jsonl", open(folder / "stderr.txt", "wb")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny",
            "FILTERSCOPE_COMPUTE_LOG": str(log)}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, str(ROOT), str(SLOW_AUE_S), str(ROOT / "app.py"),
@@ -170,15 +162,7 @@ def counted_server(demo_env, tmp_path_factory):
                              "--server.fileWatcherType", "none"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit server did not start: " + (folder / "stderr.txt").read_text()[-2000:])
+    wait_until_healthy(url, proc, 240, lambda: (folder / "stderr.txt").read_text())
     yield url, log
     proc.terminate()
     try:
