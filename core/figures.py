@@ -20,13 +20,13 @@ Conventions
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from typing import Any, Sequence
 
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from core.errors import InputError
 
@@ -63,8 +63,15 @@ def _meta(fig: go.Figure) -> dict:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
+#: Set to "1" to validate every property set on a figure (the test suite does, so a wrong
+#: property name fails there). Served figures skip plotly's validation: it is ~40% of the
+#: time to build and style one (most of a warm page), and the figure JSON is the same
+#: (``tests/test_figures.py`` compares both ways).
+VALIDATE_ENV = "FILTERSCOPE_VALIDATE_FIGURES"
+
+
 def _new_figure(reproduces: str, base_height: int = 480, **meta: Any) -> go.Figure:
-    fig = go.Figure()
+    fig = go.Figure(_validate=os.environ.get(VALIDATE_ENV) == "1")
     fig.layout.meta = {"reproduces": reproduces, "base_height": base_height, "presentation": False, **meta}
     return fig
 
@@ -112,8 +119,8 @@ def _footer(fig: go.Figure, caption: str, stamp: str, size: int) -> int:
                 and sum(a.name in ours for a in current) == len(parts))
     if not in_place:
         fig.layout.annotations = [a for a in current if a.name not in ours]
-    for a in fig.layout.annotations:  # subplot titles, guide labels
-        if a.name not in ours:
+    for a in fig.layout.annotations:  # subplot titles, tile titles, guide labels
+        if a.name not in ours and a.font.size != size - 2:  # setting a property re-validates
             a.font.size = size - 2
     has_title = bool(fig.layout.xaxis.title.text) and fig.layout.xaxis.visible is not False
     y = _xtick_px(fig, size) + (1.8 * size if has_title else 0) + 12
@@ -665,6 +672,24 @@ def snapshot_figure(df: Any) -> go.Figure:
                        caption=_caption("Table 3", "Features of pretraining snapshots, no fine-tuning."))
 
 
+def training_curves_figure(curves: dict[str, dict[str, Sequence[float]]]) -> go.Figure:
+    """Training loss vs. iteration of each run (pretraining, fine-tuning, scratch...).
+
+    Not a figure of the paper: the demo's own training record, beside Tables 1-4 to show
+    that every run converged. ``curves``: ``{run: {"iteration": [...], "loss": [...]}}``.
+    """
+    fig = _new_figure("the demo's training runs", base_height=360)
+    for i, (name, c) in enumerate(curves.items()):
+        fig.add_scatter(x=np.asarray(c["iteration"]), y=np.asarray(c["loss"], float), mode="lines", name=str(name),
+                        line=dict(color=COLORWAY[i % len(COLORWAY)], width=2),
+                        hovertemplate="%{fullData.name}<br>iteration %{x:,d}: loss %{y:.3f}<extra></extra>")
+    fig.update_xaxes(title_text="training iteration")
+    fig.update_yaxes(title_text="training loss (cross-entropy)")
+    return apply_style(fig, title="Training loss of the demo's runs",
+                       caption="Reproduces the training runs behind Tables 1-4 (the demo build's own record, "
+                               "not a figure of the paper): mini-batch loss, at most 200 points per run.")
+
+
 def _normalise_filters(w: np.ndarray) -> np.ndarray:
     """Each filter min-max scaled to 0..255 independently, ``[F, k, k, 3]`` uint8."""
     if w.ndim != 4 or w.shape[1] not in (1, 3):
@@ -761,18 +786,27 @@ def image_grid_figure(images: Sequence[np.ndarray], *, titles: Sequence[str], he
     shared = max((float(np.max(h)) for h in heat if h is not None), default=1.0)
     cols = max(1, min(cols, len(images)))
     rows = max(1, -(-len(images) // cols))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[str(t) for t in titles],
-                        horizontal_spacing=0.02, vertical_spacing=0.08 if rows > 1 else 0.05)
-    fig.layout.meta = {"reproduces": "Secs. 3-4", "base_height": int(tile_height) * rows, "presentation": False, "grid": False,
-                       "subplot_titles": True}
+    # One pair of axes, each tile an Image trace placed at its cell's offset (x0, y0), its
+    # title an annotation above it: subplots would give every tile its own axes, and
+    # styling 8-16 of them was most of a warm page's time (probe page: 0.9 of 1.4 s).
+    cell_w = max(int(np.shape(img)[1]) for img in images) if images else 1
+    cell_h = max(int(np.shape(img)[0]) for img in images) if images else 1
+    gap_x, title_h = max(2, round(0.06 * cell_w)), max(4, round(0.22 * cell_h))
+    fig = _new_figure("Secs. 3-4", base_height=int(tile_height) * rows, grid=False)
+    annotations = []
     for i, (img, h) in enumerate(zip(images, heat)):
         vmax = shared if normalize == "shared" or h is None else float(np.max(h))
         z = np.asarray(img, np.uint8) if h is None else overlay_heatmap(img, h, vmax=vmax, alpha=alpha)
-        fig.add_trace(go.Image(z=z, name=str(titles[i]),
-                               hovertemplate=f"{titles[i]}<br>pixel (%{{x}}, %{{y}})<br>RGB %{{z}}<extra></extra>"),
-                      row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(visible=False, title_text="image x (pixels)")
-    fig.update_yaxes(visible=False, title_text="image y (pixels)")
+        x0, y0 = (i % cols) * (cell_w + gap_x), (i // cols) * (cell_h + title_h) + title_h
+        fig.add_trace(go.Image(z=z, x0=x0, y0=y0, name=str(titles[i]),
+                               hovertemplate=f"{titles[i]}<br>RGB %{{z}}<extra></extra>"))
+        annotations.append(dict(x=x0 + z.shape[1] / 2 - 0.5, y=y0 - 0.5, text=str(titles[i]), showarrow=False,
+                                xref="x", yref="y", xanchor="center", yanchor="bottom"))
+    width, height = cols * (cell_w + gap_x) - gap_x, rows * (cell_h + title_h)
+    fig.update_layout(annotations=annotations)
+    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5], title_text="image x (pixels)")
+    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], scaleanchor="x", constrain="domain",
+                     title_text="image y (pixels)")
     return apply_style(fig, title="Top-activating images",
                        caption=_caption("the top-activation views of Secs. 3-4",
                                         "Overlay: the filter's spatial response (Viridis, shared scale)."))

@@ -754,9 +754,20 @@ def finetune_from_table(task_id: str, layer: str = "fc7", progress: Progress | N
                          "model": ids}).sort_values("pretraining iterations before fine-tuning")
 
 
-def training_curves() -> dict[str, list[float]]:
-    """Loss curves (subsampled) of every demo training run."""
-    return dict(demo.manifest().get("loss_curves", {}))
+def training_curves() -> dict[str, dict[str, list[float]]]:
+    """Training loss of every demo run: ``{run: {"iteration": [...], "loss": [...]}}``.
+
+    The build keeps every ``max(1, iterations // 200)``-th step's loss (core.training);
+    the iteration of each kept value is rebuilt from the run's iteration count.
+    """
+    man = demo.manifest()
+    iterations = {"pretrain": man.get("pretrain", {}).get("iterations"),
+                  **{k: v.get("iterations") for k, v in man.get("finetune", {}).items()}}
+    out = {}
+    for run, loss in man.get("loss_curves", {}).items():
+        step = max(1, int(iterations.get(run) or len(loss)) // 200)
+        out[run] = {"iteration": [1 + i * step for i in range(len(loss))], "loss": [float(v) for v in loss]}
+    return out
 
 
 def demo_summary() -> dict:

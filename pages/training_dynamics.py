@@ -1,5 +1,4 @@
 """Training dynamics: pretraining snapshots (Table 3, Fig. 2), regimes (Table 1), ft vs fc-ft (Table 2), Table 4."""
-import pandas as pd
 import streamlit as st
 
 from core import figures, report, service
@@ -77,8 +76,8 @@ if task.kind in ("det", "scene"):
                        caption=f"Table {n}: measured on {task.title} beside the paper's AlexNet figures")
 
 with st.expander("Training loss curves and the networks' own accuracy"):
-    curves = service.training_curves()
-    st.line_chart(pd.DataFrame({k: pd.Series(v) for k, v in curves.items()}))
+    show_figure(figures.apply_style(figures.training_curves_figure(service.training_curves()), title=None,
+                                    presentation=pres), "loss_curves")
     summary = service.demo_summary()
     st.write({"source val accuracy (pretrained)": summary["source_val_accuracy"],
               "target DET-GT test accuracy": summary["finetune"],

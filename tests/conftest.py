@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ["FILTERSCOPE_VALIDATE_FIGURES"] = "1"  # a wrong plotly property fails the tests (core.figures)
 
 
 @pytest.fixture()

@@ -8,7 +8,8 @@ import pytest
 
 from core import analysis, bench
 
-TINY = bench.BenchSizes(extraction_images=20, extraction_repeats=1, batch_size=8, aue_images=100,
+TINY = bench.BenchSizes(extraction_images=20, extraction_repeats=1, batch_size=8, alexnet_images=6,
+                        alexnet_batch_size=4, alexnet_repeats=2, aue_images=100,
                         aue_filters=3, aue_side=13, aue_classes=4, aue_thresholds=10,
                         aue_reference_filters=2, ap_items=60, ap_filters=5, ap_classes=3,
                         pages=False, probe=False, demo_build=False, detection=False)
@@ -20,7 +21,11 @@ def test_run_tiny_structure_and_json(tmp_cache):
     assert r["device"] and r["code_version"] and r["machine"]["cpu_count"] >= 1
     e = r["extraction"]
     assert e["reason"] is None and e["model_only_img_s"] > 0 and e["pipeline_img_s"] > 0
-    assert e["ratio"] == pytest.approx(e["pipeline_img_s"] / e["model_only_img_s"], rel=1e-2)
+    assert e["ratio"] == pytest.approx(e["pipeline_img_s"] / e["model_only_img_s"], rel=1e-2)  # one pair
+    a = r["extraction_alexnet"]
+    assert a["reason"] is None and a["images"] == 6 and len(a["runs"]["ratio"]) == 2
+    pairs = [p / m for p, m in zip(a["runs"]["pipeline_img_s"], a["runs"]["model_only_img_s"])]
+    assert a["ratio"] == pytest.approx(float(np.median(pairs)), rel=1e-2)    # median of the pairs
     for key, tol in (("aue", 1e-6), ("ap", 1e-9)):
         sec = r[key]
         assert sec["reason"] is None, sec["reason"]

@@ -298,3 +298,54 @@ def test_image_grid_with_heatmap_overlay(rng):
     up = F.upsample_bilinear(np.array([[0.0, 1.0], [2.0, 3.0]]), 4, 4)
     np.testing.assert_allclose(up[0], [0, 0.25, 0.75, 1.0])
     np.testing.assert_allclose(up[:, 0], [0, 0.5, 1.5, 2.0])
+
+
+# --------------------------------------------------------------------------- served figures skip validation
+def _figures_both_ways(monkeypatch, rng) -> list[tuple[str, go.Figure, go.Figure]]:
+    curves = [_sel_curve(rng, "conv1", "pretrained"), _sel_curve(rng, "fc7", "fine-tuned")]
+    df = pd.DataFrame({"scratch": np.arange(7.0), "fine-tuned": np.arange(7.0) + 10}, index=pd.Index(LAYERS))
+    img, w = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), rng.normal(size=(4, 3, 3, 3))
+    rows = [{"ablation": a, "layer": "conv5", "mean": 0.5, "std": 0.01, "ci_low": 0.45, "ci_high": 0.6}
+            for a in ("original", "binarize")]
+    builders = {
+        "selectivity": lambda: F.selectivity_figure(curves),
+        "layer_map": lambda: F.layer_map_figure(df),
+        "snapshot": lambda: F.snapshot_figure(pd.DataFrame({"conv1": [10.0, 20]}, index=[50, 200])),
+        "ablation": lambda: F.ablation_figure(rows),
+        "image_grid": lambda: F.image_grid_figure([img, img], titles=["#1 · 2.0", "#2 · 1.0"],
+                                                  heatmaps=[np.ones((2, 2)), None], cols=2),
+        "filter_grid": lambda: F.filter_grid_figure(w, title="conv1"),
+        "probe_bars": lambda: F.probe_bars_figure([3, 1], [90.0, 40.0], [2.0, 1.0], layer="conv5"),
+        "training_curves": lambda: F.training_curves_figure({"pretrain": {"iteration": [1, 4], "loss": [2.0, 1.0]}}),
+    }
+    out = []
+    for name, build in builders.items():
+        figs = []
+        for flag in ("1", "0"):
+            monkeypatch.setenv(F.VALIDATE_ENV, flag)
+            fig = build()
+            F.apply_style(fig, title=None, caption="c", stamp="s", presentation=True)
+            figs.append(fig)
+        out.append((name, *figs))
+    return out
+
+
+def test_unvalidated_figures_give_the_same_json(monkeypatch, rng):
+    """Served figures skip plotly's validation (speed); their JSON must be what validation gives."""
+    for name, checked, served in _figures_both_ways(monkeypatch, rng):
+        assert checked._validate and not served._validate, name
+        assert json.loads(checked.to_json()) == json.loads(served.to_json()), name
+
+
+def test_validation_is_on_in_the_tests():
+    with pytest.raises(ValueError):
+        F.layer_map_figure(pd.DataFrame({"a": [1.0]}, index=["conv1"])).update_layout(not_a_property=1)
+
+
+def test_training_curves_figure():
+    fig = F.training_curves_figure({"pretrain": {"iteration": [1, 4, 7], "loss": [2.0, 1.5, 1.0]},
+                                    "scratch": {"iteration": [1, 2], "loss": [2.5, 2.4]}})
+    _check_common(fig)
+    assert [t.name for t in fig.data] == ["pretrain", "scratch"]
+    np.testing.assert_array_equal(np.asarray(fig.data[0].x), [1, 4, 7])
+    np.testing.assert_array_equal(_y(fig.data[1]), [2.5, 2.4])

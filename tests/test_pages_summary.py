@@ -47,7 +47,18 @@ def test_training_dynamics_snapshots_and_regimes(demo_env):
     at = app_test("pages/training_dynamics.py")
     _no_errors(at)
     figs = plotly_figures(at)
-    assert len(figs) == 4  # Table 3, Fig. 2, Table 1, Table 2
+    assert len(figs) == 5  # Table 3, Fig. 2, Table 1, Table 2, the training loss curves
+    curves = service.training_curves()
+    losses = {t["name"]: np.asarray(t["y"], dtype=float) for t in figs[4]["data"]}
+    assert set(losses) == set(curves) and curves  # every run of the demo build
+    from core import demo
+    man = demo.manifest()
+    total = {"pretrain": man["pretrain"]["iterations"], **{k: v["iterations"] for k, v in man["finetune"].items()}}
+    for run, c in curves.items():
+        np.testing.assert_allclose(losses[run], c["loss"], atol=1e-6)
+        # the build keeps every max(1, n // 200)-th of the n steps' losses, from step 1
+        assert len(c["iteration"]) == len(range(0, total[run], max(1, total[run] // 200)))
+        assert c["iteration"][0] == 1 and c["iteration"][-1] <= total[run]
     task = at.query_params["task"][0] if isinstance(at.query_params["task"], list) else at.query_params["task"]
     snap = service.snapshot_table(task).round(1)
     conv1 = next(t for t in figs[0]["data"] if t.get("name") == "conv1")

@@ -460,3 +460,20 @@ def short_label(model_id: str) -> str:
     """Short legend name: 'fine-tuned', 'pretrained', 'snapshot 200'…"""
     v = model_id.split(":", 1)[-1]
     return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
+
+
+def _freeze_imports() -> None:
+    """Keep what the server imported (streamlit, torch, plotly, pandas, core: ~420k objects)
+    out of the garbage collector's full collections. They live as long as the process, and
+    a full collection walks every tracked object: ~115 ms each on the 2-core machine,
+    several per page visit (bench/pages_warm.py). Runs once, when pages first import this
+    module; objects made later (models, figures, caches) are collected as usual."""
+    import gc
+
+    import pandas  # noqa: F401  (the pages' own imports, frozen with the rest)
+    from core import export, figures, probe, report  # noqa: F401
+
+    gc.freeze()
+
+
+_freeze_imports()
