@@ -50,7 +50,7 @@ class BenchSizes:
     batch_size: int = 128
     alexnet_images: int = 256          # torchvision AlexNet at 227 px: ~10 ms an image on 2 cores
     alexnet_batch_size: int = 64
-    alexnet_repeats: int = 3
+    alexnet_repeats: int = 5
     aue_images: int = 1000          # paper AlexNet conv5: 256 filters of 13x13
     aue_filters: int = 256
     aue_side: int = 13

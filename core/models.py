@@ -155,8 +155,8 @@ class ModelSpec:
                 "weights_source": self.weights.source, "weights_path": self.weights.path,
                 "weights_sha256": self.weights.sha256, **{k: v for k, v in self.extra.items()}}
 
-    def transform(self) -> Callable:
-        """PIL RGB image -> float tensor [3, S, S], normalised."""
+    def geometric_transform(self) -> Callable:
+        """PIL RGB image -> uint8 tensor [3, S, S]: the resize (and centre crop) of :meth:`transform`."""
         from torchvision.transforms import v2 as T
 
         steps = [T.ToImage()]
@@ -164,8 +164,23 @@ class ModelSpec:
             steps += [T.Resize(self.resize, antialias=True), T.CenterCrop(self.input_size)]
         else:
             steps += [T.Resize((self.input_size, self.input_size), antialias=True)]
-        steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)]
         return T.Compose(steps)
+
+    def transform(self) -> Callable:
+        """PIL RGB image -> float tensor [3, S, S], normalised."""
+        from torchvision.transforms import v2 as T
+
+        return T.Compose([self.geometric_transform(), T.ToDtype(torch.float32, scale=True),
+                          T.Normalize(self.mean, self.std)])
+
+    def normalize_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` (from :meth:`geometric_transform`) -> the float batch
+        :meth:`transform` gives image by image: the same float32 operations (torchvision's
+        ``to_dtype``: ``* (1 / 255)``; ``normalize``: ``- mean``, ``/ std``), bit for bit,
+        once for the whole batch."""
+        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return x.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 @dataclass

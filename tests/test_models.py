@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -111,3 +112,18 @@ def test_unknown_model_and_layer():
         models.build_torchvision("not_a_model")
     with pytest.raises(InputError, match="no layer"):
         models.build_demo(num_classes=2).module("conv9")
+
+
+def test_batched_normalisation_equals_torchvision_per_image():
+    """Extraction on the CPU resizes/crops image by image and normalises the batch at once;
+    the result must be torchvision's own per-image transform, bit for bit."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for h, w in [(300, 400), (256, 256), (90, 170)]]
+    for spec in (models.build_torchvision("alexnet", use_hub_cache=False).spec, models.build_demo(num_classes=3).spec):
+        reference = torch.stack([spec.transform()(im) for im in images])
+        geometric = spec.geometric_transform()
+        batched = spec.normalize_batch(torch.stack([geometric(im) for im in images]))
+        assert batched.dtype == torch.float32 and torch.equal(batched, reference)
