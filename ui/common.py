@@ -359,7 +359,9 @@ def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None
     """Draw a figure with a compact row of downloads and a "Pin to report" button under it.
 
     ``st.plotly_chart(fig, key=key, **chart_kwargs)`` draws it (pass ``on_select`` /
-    ``selection_mode`` / ``theme`` as the page did; the chart event is returned). PNG and
+    ``selection_mode`` as the page did; the chart event is returned), with ``theme=None``
+    unless given: the figure's own house template (core.figures), so the page shows what
+    the PNG/SVG exports and the report show. PNG and
     SVG are rendered only when clicked (kaleido), stamped with ``provenance`` (or
     ``stamp``) plus this view's permalink. ``table`` (the figure's numbers) is pinned
     with it and exported with the report; draw it with :func:`show_table` for its own
@@ -368,7 +370,7 @@ def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None
     """
     from core import export
 
-    event = st.plotly_chart(fig, key=key, **chart_kwargs)
+    event = st.plotly_chart(fig, key=key, **{"theme": None, **chart_kwargs})
     full = export_stamp(provenance, stamp)
     problem = export.static_export_problem()
     box = st.container(horizontal=True, gap="small", key=f"{key}__exports")
