@@ -231,8 +231,8 @@ def bench_extraction(sizes: BenchSizes, device: torch.device) -> dict:
 
 def bench_extraction_alexnet(sizes: BenchSizes, device: torch.device) -> dict:
     """The same comparison on the paper's network: torchvision AlexNet (random weights, 227 px)
-    through the real-data path (PIL resize to 256 + centre crop in a DataLoader worker), all
-    seven paper layers. The bare forward runs on the same crops, made beforehand."""
+    through the real-data path (PIL resize to 256 + centre crop, on the CPU in this process),
+    all seven paper layers. The bare forward runs on the same crops, made beforehand."""
     from core import extraction, models
     from core.datasets import ArrayImageSet
 

@@ -152,9 +152,13 @@ class _Fan:
 
     def run(self, parts: Sequence[Callable[[], None]]) -> None:
         """Run ``parts`` at once, the first in this thread, the rest on the helpers; wait for all."""
-        futures = [self.pool.submit(part) for part in parts[1:]] if self.pool is not None else []
-        for part in parts[:1] if self.pool is not None else parts:
-            part()
+        if self.pool is None:
+            for part in parts:
+                part()
+            return
+        futures = [self.pool.submit(part) for part in parts[1:]]
+        if parts:
+            parts[0]()
         for f in futures:
             f.result()
 

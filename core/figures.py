@@ -206,7 +206,7 @@ def apply_style(fig: go.Figure, *, title: str | None, caption: str | None = None
         meta["styled"] = styled
     title_text = fig.layout.title.text if title is None else title
     bottom = _footer(fig, meta["caption"], meta["stamp"], size)
-    lines = 1 + (title_text or "").count("<br>") + int(meta.get("subplot_titles", False))
+    lines = 1 + (title_text or "").count("<br>")
     top = int(2.6 * size * lines)
     plot_h = int(meta.get("base_height", 480) * (1.2 if presentation else 1.0))
     fig.update_layout(font=dict(family=FONT_FAMILY, size=size, color="#222222"), title_text=title_text,

@@ -757,15 +757,17 @@ def finetune_from_table(task_id: str, layer: str = "fc7", progress: Progress | N
 def training_curves() -> dict[str, dict[str, list[float]]]:
     """Training loss of every demo run: ``{run: {"iteration": [...], "loss": [...]}}``.
 
-    The build keeps every ``max(1, iterations // 200)``-th step's loss (core.training);
-    the iteration of each kept value is rebuilt from the run's iteration count.
+    The build keeps every :func:`core.training.loss_curve_step`-th step's loss; the
+    iteration of each kept value is rebuilt from the run's iteration count.
     """
+    from core.training import loss_curve_step
+
     man = demo.manifest()
     iterations = {"pretrain": man.get("pretrain", {}).get("iterations"),
                   **{k: v.get("iterations") for k, v in man.get("finetune", {}).items()}}
     out = {}
     for run, loss in man.get("loss_curves", {}).items():
-        step = max(1, int(iterations.get(run) or len(loss)) // 200)
+        step = loss_curve_step(int(iterations.get(run) or len(loss)))
         out[run] = {"iteration": [1 + i * step for i in range(len(loss))], "loss": [float(v) for v in loss]}
     return out
 

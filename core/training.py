@@ -22,6 +22,14 @@ from core.extraction import uint8_to_input
 from core.models import DemoAlexNet
 
 log = logging.getLogger(__name__)
+
+#: A run's stored loss curve keeps about this many values (every ``loss_curve_step``-th step).
+LOSS_CURVE_POINTS = 200
+
+
+def loss_curve_step(iterations: int) -> int:
+    """Every how many steps a run of ``iterations`` steps keeps its loss in the stored curve."""
+    return max(1, iterations // LOSS_CURVE_POINTS)
 Progress = Callable[[int, int, str], None]
 
 
@@ -114,7 +122,7 @@ def train(net: DemoAlexNet, images: np.ndarray, labels: np.ndarray, cfg: TrainCo
     net.eval()
     elapsed = time.perf_counter() - t0
     return {"iterations": cfg.iterations, "final_loss": float(np.mean(curve[-20:])) if curve else None,
-            "loss_curve": [float(v) for v in np.asarray(curve).reshape(-1)[:: max(1, len(curve) // 200)]],
+            "loss_curve": [float(v) for v in np.asarray(curve).reshape(-1)[:: loss_curve_step(len(curve))]],
             "seconds": elapsed, "img_per_s": cfg.iterations * cfg.batch_size / max(elapsed, 1e-9)}
 
 
