@@ -138,6 +138,23 @@ def test_ridge_dual_scores_match_sklearn_ridge():
             np.testing.assert_allclose(got[i], ref, atol=1e-8)
 
 
+def test_ridge_from_uncentred_gram_blocks_matches_sklearn_on_a_subset():
+    """The validation fit reuses the training set's uncentred Gram matrix: centring on the
+    subset's mean is done on the products; held against scikit-learn's Ridge on that subset."""
+    from sklearn.linear_model import Ridge
+
+    from core.analysis.svm_ranking import _ridge_gram_scores
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=(60, 400)), 0) + 3.0      # far from centred on purpose
+    y = rng.random((60, 2)) < 0.5
+    fit, ev = np.arange(0, 60, 3), np.arange(1, 60, 3)
+    g = x @ x.T
+    got = _ridge_gram_scores(g[np.ix_(fit, fit)], g[np.ix_(ev, fit)], y[fit], [0.3, 30.0])
+    for i, lam in enumerate((0.3, 30.0)):
+        ref = Ridge(alpha=lam, fit_intercept=True, solver="svd").fit(x[fit], y[fit] * 2.0 - 1).predict(x[ev])
+        np.testing.assert_allclose(got[i], ref, atol=1e-7)
+
+
 def test_linear_map_lssvm_finds_signal_and_validates():
     from core.analysis import SVMConfig, linear_map
     rng = np.random.default_rng(4)
