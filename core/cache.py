@@ -4,10 +4,13 @@ Values are pickled together with a SHA-256 of the pickle; an entry whose checksu
 unpickling fails is dropped with a warning and recomputed. A damaged cache database
 is moved aside and a fresh one opened, so the app never crashes on a bad cache.
 Two callers asking for the same missing key compute it once (a cross-process lock
-per key); the second waits and reads the first's result.
+per key, ``flock`` on a file, released by the kernel if its holder dies); the second
+waits and reads the first's result.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,7 +22,7 @@ import time
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import diskcache
 
@@ -154,7 +157,7 @@ class ResultCache:
             return value
         if on_miss is not None:
             on_miss()
-        with diskcache.Lock(self._cache, f"lock:{key}", expire=3600):
+        with self._key_lock(key):
             found, value = self._read(key)  # another caller may have finished meanwhile
             if found:
                 with self._local:
@@ -167,6 +170,21 @@ class ResultCache:
             self.put(key, value)
             _log_compute(key, started)
             return value
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """Exclusive lock of one key across threads and processes: ``flock`` on its own file
+        (``<cache>/locks/<key>.lock``). The kernel releases it when the holder dies, so a
+        process killed while computing never blocks the others (a lock stored in the cache
+        would stay until it expires)."""
+        folder = self.directory / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def contains(self, request: Any, fingerprints: Sequence[str]) -> bool:
         return self.key(request, fingerprints) in self._cache

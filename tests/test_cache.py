@@ -81,3 +81,48 @@ def test_stable_hash_is_order_and_process_stable():
     import json
     expected = hashlib.sha256(json.dumps({"a": 1}, sort_keys=True, separators=(",", ":")).encode() + b"\x00").hexdigest()[:16]
     assert stable_hash({"a": 1}) == expected
+
+
+_HOLDER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from dataclasses import dataclass
+from core.cache import ResultCache
+
+@dataclass(frozen=True)
+class Req:
+    layer: str
+    k: int = 50
+
+def forever():
+    print("computing", flush=True)
+    time.sleep(600)
+
+ResultCache(sys.argv[2]).get_or_compute(Req("killed"), [], forever)
+"""
+
+
+def test_a_process_killed_while_computing_does_not_block_the_key(tmp_path):
+    """SIGKILL a process in the middle of a computation (it holds the key's lock): the next caller
+    computes the value at once instead of waiting for the dead holder."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root), str(tmp_path / "c")],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "computing"
+    cache = ResultCache(tmp_path / "c")
+    got: list[str] = []
+    waiter = threading.Thread(target=lambda: got.append(cache.get_or_compute(Req("killed"), [], lambda: "mine")),
+                              daemon=True)
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive() and not got           # waits while the holder lives
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    waiter.join(10)
+    assert got == ["mine"]
+    assert cache.get_or_compute(Req("killed"), [], lambda: "again") == "mine"   # stored
