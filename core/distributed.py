@@ -333,7 +333,8 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
     batch_size : int
         Forward batch inside an actor (as the local path's).
     shard_size : int, optional
-        Items per shard (default: about two shards per actor, a multiple of ``batch_size``).
+        Items per shard, rounded up to a multiple of ``batch_size`` (default: about two shards
+        per actor).
     device : str
         ``auto`` (GPU actors, ``num_gpus=1`` each, when the cluster has GPUs), ``cpu`` or ``cuda``.
     threads : int, optional
@@ -361,7 +362,10 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
         n = len(dataset)
         with ray_session(address) as ray:
             plan = _actor_plan(ray, device, num_actors)
-            size = shard_size or default_shard_size(n, batch_size, plan[0])
+            # a multiple of the batch: every forward batch is then the local path's, row for row
+            # (GEMM kernels round differently for another batch size: the last rows would differ)
+            size = (batch_size * math.ceil(shard_size / batch_size) if shard_size
+                    else default_shard_size(n, batch_size, plan[0]))
             ranges = shard_ranges(n, size)
             threads = threads or (torch.get_num_threads() if address is None else None)
             rows = _run_actors(ray, model, data, todo, directory, ranges, batch_size, plan, threads,

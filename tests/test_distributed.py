@@ -214,13 +214,15 @@ def test_ray_extraction_bit_identical_and_sharded_analyses(small, ray_local, tmp
 
 @pytest.mark.slow
 def test_ray_shard_size_not_a_multiple_of_the_batch(small, ray_local, tmp_path):
-    """Shards of 48 with batches of 32: still the local features, bit for bit."""
+    """A shard size of 48 with batches of 32 is rounded up to 64, so every forward batch is the
+    local path's (a last batch of 6 rows instead of 22 gave other float16 bits in fc6 on an
+    AMD EPYC machine): the local features, bit for bit."""
     lm, data = small
     local = extraction.extract(lm, data, ["conv3", "fc6"], root=tmp_path / "local", batch_size=32)
     remote = distributed.extract_ray(lm, data, ["conv3", "fc6"], root=tmp_path / "ray", num_actors=2,
                                      batch_size=32, shard_size=48)
     for layer in ("conv3", "fc6"):
-        assert [s for s, _ in remote[layer].shards()] == [0, 48, 96, 144]
+        assert [s for s, _ in remote[layer].shards()] == [0, 64, 128]
         assert np.array_equal(remote[layer].array(), local[layer].array()), layer
 
 
