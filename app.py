@@ -7,11 +7,11 @@ PAGES = {
     "Results": [
         st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
         st.Page("pages/selectivity.py", title="Selectivity", icon=":material/stacked_line_chart:", url_path="selectivity"),
-        st.Page("pages/precision_recall.py", title="Precision-recall", icon=":material/target:", url_path="precision-recall"),
-        st.Page("pages/filters_needed.py", title="Filters needed", icon=":material/format_list_numbered:", url_path="filters-needed"),
+        st.Page("pages/precision-recall.py", title="Precision-recall", icon=":material/target:", url_path="precision-recall"),
+        st.Page("pages/filters-needed.py", title="Filters needed", icon=":material/format_list_numbered:", url_path="filters-needed"),
         st.Page("pages/overlap.py", title="Overlap", icon=":material/join_inner:", url_path="overlap"),
-        st.Page("pages/sparsity_ablations.py", title="Sparsity & ablations", icon=":material/content_cut:", url_path="ablations"),
-        st.Page("pages/training_dynamics.py", title="Training dynamics", icon=":material/timeline:", url_path="training"),
+        st.Page("pages/ablations.py", title="Sparsity & ablations", icon=":material/content_cut:", url_path="ablations"),
+        st.Page("pages/training.py", title="Training dynamics", icon=":material/timeline:", url_path="training"),
     ],
     "Explore": [
         st.Page("pages/probe.py", title="Probe your images", icon=":material/image_search:", url_path="probe"),

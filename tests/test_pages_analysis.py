@@ -140,7 +140,7 @@ def test_selectivity_compare_mode_overlays_the_pretrained_net():
 def test_precision_recall_page():
     from core import analysis, service
 
-    at = app_test("pages/precision_recall.py")
+    at = app_test("pages/precision-recall.py")
     _ok(at)
     assert _sidebar_select(at, "Layer").value == "conv5"  # Sec. 4's layer by default
     figs = plotly_figures(at)
@@ -186,7 +186,7 @@ def test_precision_recall_page():
 def test_filters_needed_page():
     from core import service
 
-    at = app_test("pages/filters_needed.py")
+    at = app_test("pages/filters-needed.py")
     _ok(at)
     figs = plotly_figures(at)
     assert len(figs) == 1

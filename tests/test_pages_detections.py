@@ -93,7 +93,7 @@ def _app_with_task(page: str, task_id: str):
 
 def test_ablation_page_on_the_detection_task_shows_table_8(light):
     service = light
-    at = _app_with_task("pages/sparsity_ablations.py", "demo-det")
+    at = _app_with_task("pages/ablations.py", "demo-det")
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     tables = [df.value for df in at.dataframe]
@@ -107,7 +107,7 @@ def test_ablation_page_on_the_detection_task_shows_table_8(light):
 
 def test_training_page_on_the_scene_task_shows_the_paper_tables(light):
     service = light
-    at = _app_with_task("pages/training_dynamics.py", "demo-scene")
+    at = _app_with_task("pages/training.py", "demo-scene")
     assert not at.exception, at.exception
     col = service.paper_column(service.task("demo-scene"))
     refs = [df.value for df in at.dataframe if col in df.value.columns]

@@ -36,7 +36,7 @@ def _title(fig: dict) -> str:
 def test_pin_a_chart_then_present_the_pinned_and_standard_figures():
     from core import service
 
-    at = app_test("pages/filters_needed.py")
+    at = app_test("pages/filters-needed.py")
     _ok(at)
     labels = [el.proto.label for el in at.get("download_button")]
     assert labels[:2] == ["PNG", "SVG"] and labels[2:4] == ["CSV", "LaTeX"]  # the chart's row, then Table 5's
@@ -100,7 +100,7 @@ def test_without_a_browser_the_image_buttons_are_disabled_and_say_what_to_instal
     from core import export
 
     monkeypatch.setattr(export, "find_browser", lambda: None)
-    at = app_test("pages/filters_needed.py")
+    at = app_test("pages/filters-needed.py")
     _ok(at)
     buttons = {el.proto.label: el.proto for el in at.get("download_button")}
     for fmt in ("PNG", "SVG"):

@@ -25,7 +25,7 @@ def test_overview_renders_map_table_and_findings(demo_env):
 
 def test_sparsity_and_ablation_follow_the_service(demo_env):
     from core import service
-    at = app_test("pages/sparsity_ablations.py")
+    at = app_test("pages/ablations.py")
     _no_errors(at)
     figs = plotly_figures(at)
     assert len(figs) == 2
@@ -44,7 +44,7 @@ def test_sparsity_and_ablation_follow_the_service(demo_env):
 
 def test_training_dynamics_snapshots_and_regimes(demo_env):
     from core import service
-    at = app_test("pages/training_dynamics.py")
+    at = app_test("pages/training.py")
     _no_errors(at)
     figs = plotly_figures(at)
     assert len(figs) == 5  # Table 3, Fig. 2, Table 1, Table 2, the training loss curves
