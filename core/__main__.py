@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {demo,extract,bench,report} ...``."""
+"""Command line: ``python -m core {demo,extract,findings,cache,bench,report} ...``."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from core.datasets import ensure_fashion_mnist
 
     args.profile = _demo_profile(args)
+    if args.train_source:
+        return _train_source(args.profile or demo.profile_name(), args.out)
     if demo.PROFILES[args.profile or demo.profile_name()].data == "fashion-mnist":
         ensure_fashion_mnist(install=True, say=print)  # Debian's package, when root; else says the command
     if args.profile:  # the warm step and the app read the profile from the environment
@@ -79,11 +81,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_source(profile: str, out: str | None) -> int:
+    """``python -m core demo --train-source``: pretrain the source network and write the shipped files."""
+    import time
+    from pathlib import Path
+
+    from core import demo, source_net
+
+    cfg = demo.PROFILES[profile]
+    target = Path(out) if out else source_net.shipped_dir(profile)
+    t0 = time.perf_counter()
+    with tqdm_progress() as cb:
+        man = source_net.train_source(cfg, target, source_net.source_data(cfg, cb), cb)
+    print(f"Source network of profile {profile} written to {target} in {time.perf_counter() - t0:.0f} s: "
+          f"source val accuracy {man['source_val_accuracy']:.3f} (train {man['source_train_accuracy']:.3f}), "
+          f"{len(man['snapshots'])} snapshots, {sum(f['bytes'] for f in man['files'].values()) / 1e6:.1f} MB")
+    return 0
+
+
+def _model_id(value: str) -> str:
+    """A model id from what the user typed: ``demo`` is the default demo network
+    (``demo:finetuned``); other ids must be known (the error lists them)."""
+    from core import service
+
+    return service.resolve_model(value)
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from core import service
+
+    model = _model_id(args.model)
+    compare = _model_id(args.compare)
+    with tqdm_progress() as cb:
+        rows = service.findings(model, compare, args.task, args.cls_task or None, progress=cb)
+    mark = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}
+    for r in rows:
+        print(f"[{mark[r['holds']]:>13}] {r['id']}: {r['measured']}" + (f"  ({r['why']})" if r["why"] else ""))
+    print(service.findings_summary(rows))
+    if args.json:
+        doc = {"summary": service.findings_summary(rows), "findings": rows,
+               "provenance": service.findings_provenance(model, compare, args.task, args.cls_task or None)}
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from core import cache_usage
+
+    if args.action == "prune":
+        gone = cache_usage.prune(dry_run=args.dry_run)
+        for item in gone:
+            print(f"{'would remove' if args.dry_run else 'removed'} {item.path} ({item.bytes / 1e6:.1f} MB): {item.why}")
+        print(f"{'would free' if args.dry_run else 'freed'} {sum(i.bytes for i in gone) / 1e6:.1f} MB "
+              f"in {len(gone)} stale item(s)")
+        return 0
+    use = cache_usage.usage()
+    print(f"cache folder {use.root}")
+    print(f"{'kind':<20} {'items':>6} {'MB':>9} {'live MB':>9} {'stale MB':>9}")
+    for row in use.table():
+        print(f"{row['kind']:<20} {row['items']:>6} {row['bytes'] / 1e6:>9.1f} {row['live_bytes'] / 1e6:>9.1f} "
+              f"{row['stale_bytes'] / 1e6:>9.1f}")
+    if args.verbose:
+        for item in use.items:
+            print(f"  {'live ' if item.live else 'STALE'} {item.bytes / 1e6:8.1f} MB  {item.path}  ({item.why})")
+    stale = use.total(live=False)
+    print(f"total {use.total() / 1e6:.1f} MB; {stale / 1e6:.1f} MB stale"
+          + (" (python -m core cache prune removes it)" if stale else ""))
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from core import extraction, service
     from core.datasets import load_dataset
 
-    model_id = args.model if ":" in args.model else f"tv:{args.model}" + (f"@{args.weights}" if args.weights else "")
+    if args.model == "demo" or args.model.startswith("demo:"):
+        model_id = _model_id(args.model)
+    else:
+        model_id = args.model if ":" in args.model else f"tv:{args.model}" + (f"@{args.weights}" if args.weights else "")
     lm = service.load_model(model_id)
     data = load_dataset(args.dataset)
     layers = [l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else list(lm.spec.layers)
@@ -118,7 +194,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from core import report
 
     keys = [k.strip() for k in args.figures.split(",") if k.strip()] if args.figures else None
-    req = report.ReportRequest(model=args.model, compare=args.compare or None, task=args.task, layer=args.layer,
+    req = report.ReportRequest(model=_model_id(args.model),
+                               compare=_model_id(args.compare) if args.compare else None, task=args.task, layer=args.layer,
                                cls=args.cls, base_url=args.base_url,
                                ablation_seeds=tuple(range(max(1, args.ablation_splits))))
     skipped: list[str] = []
@@ -146,10 +223,16 @@ def main(argv: list[str] | None = None) -> int:
                         "Debian's dataset-fashion-mnist (profile fashion; installs the package when root)")
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     p.add_argument("--no-warm", action="store_true", help="skip pre-computing the standard analyses")
+    p.add_argument("--train-source", action="store_true",
+                   help="(re)train the profile's source network and its snapshots once and write the shipped "
+                        "files (weights/demo/<profile>: float16 weights + manifest with SHA-256); tens of minutes "
+                        "for the full profile")
+    p.add_argument("--out", default=None, help="with --train-source: write there instead of weights/demo/<profile>")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("extract", help="extract layer features into the feature store")
-    p.add_argument("--model", required=True, help="demo:<variant>, tv:<arch> or a torchvision name")
+    p.add_argument("--model", required=True, help="demo (= demo:finetuned), demo:<variant>, tv:<arch> or a "
+                                                  "torchvision name")
     p.add_argument("--weights", default=None, help="local state dict for a torchvision model")
     p.add_argument("--dataset", required=True, help="demo:<split>, voc2007:<root>:<split>[:det-gt], "
                                                      "imagefolder:<root>, fashion-mnist:<split> or a path")
@@ -161,8 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-address", default=None,
                    help="running Ray cluster: auto or host:port (`ray start --head`); default: a local Ray")
     p.add_argument("--num-actors", type=int, default=None, help="Ray model actors (default: one per GPU, else CPU)")
-    p.add_argument("--shard-size", type=int, default=None, help="items per Ray shard (default: ~2 per actor)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="items per Ray shard, rounded up to a multiple of --batch-size (default: ~2 per actor)")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("findings", help="check the paper's ten headline findings on a model (as the Overview page)")
+    p.add_argument("--model", default="demo", help="model id (default demo = demo:finetuned)")
+    p.add_argument("--compare", default="demo:pretrained", help="the pretrained net it is compared with")
+    p.add_argument("--task", default="demo-detgt", help="task of the measurements (default demo-detgt, DET-GT)")
+    p.add_argument("--cls-task", default="demo-cls", help="image-level task of the depth and Table 3 rows "
+                                                           "('' to skip)")
+    p.add_argument("--json", default=None, help="also write the rows and their provenance as JSON")
+    p.set_defaults(func=cmd_findings)
+
+    p = sub.add_parser("cache", help="sizes of the cache folder (info) or removal of stale items (prune)")
+    p.add_argument("action", choices=("info", "prune"), help="info: sizes per kind, live and stale; prune: remove "
+                                                             "what no built demo references")
+    p.add_argument("--dry-run", action="store_true", help="prune: list what would be removed, remove nothing")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="speed/memory benchmark, side by side")
     p.add_argument("--json", default=None)
@@ -170,12 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="write the standard figures as an HTML report, slides, PDF and tables")
-    p.add_argument("--model", default="demo:finetuned", help="model id, e.g. demo:finetuned")
+    p.add_argument("--model", default="demo", help="model id: demo (= demo:finetuned), demo:<variant>, tv:<arch>")
     p.add_argument("--compare", default=None, help="second model drawn alongside, e.g. demo:pretrained")
     p.add_argument("--task", default="demo-detgt", help="task id, e.g. demo-detgt, demo-cls, demo-scene")
     p.add_argument("--layer", default="conv5", help="layer of the Sec. 4 figures (default conv5)")
     p.add_argument("--cls", type=int, default=0, help="class index of the precision-recall figure")
-    p.add_argument("--figures", default="", help="comma-separated subset of sel,pr,needed,overlap,sparsity,"
+    p.add_argument("--figures", default="", help="comma-separated subset of findings,sel,pr,needed,overlap,sparsity,"
                                                  "ablation,layers (default: all)")
     p.add_argument("--ablation-splits", type=int, default=3, help="re-drawn splits for the ablation error bars")
     p.add_argument("--title", default="Filterscope report")

@@ -663,6 +663,37 @@ def layer_map_figure(df: Any) -> go.Figure:
                        caption=_caption("Tables 1-4", "One linear SVM per class on each layer's features."))
 
 
+#: Verdict cell of a finding: text and background (green / vermillion / grey, colour-blind safe).
+FINDING_MARKS = {True: ("holds", "#d9f0e3"), False: ("does not hold", "#fbe0d4"), None: ("not measured", "#eeeeee")}
+
+
+def findings_figure(rows: Sequence[dict]) -> go.Figure:
+    """The paper's headline findings as a table: finding, paper, this model, verdict and why.
+
+    ``rows``: dicts with ``title``, ``paper``, ``measured``, ``holds`` (True / False /
+    None) and ``why`` (:func:`core.service.findings`). Reproduces the conclusions of
+    Figs. 1, 3-4 and Tables 1-7 as one checkable summary.
+    """
+    held = sum(r["holds"] is True for r in rows)
+    fig = _new_figure("Figs. 1, 4; Tables 1-7", base_height=120 + 62 * len(rows), grid=False)
+    marks = [FINDING_MARKS[r["holds"]] for r in rows]
+    cells = [[_wrap_html(r["title"], 34) for r in rows], [_wrap_html(r["paper"], 30) for r in rows],
+             [_wrap_html(r["measured"], 38) for r in rows],
+             [f"<b>{m[0]}</b>" + (f"<br>{_wrap_html(r['why'], 24)}" if r["why"] else "") for m, r in zip(marks, rows)]]
+    fig.add_table(header=dict(values=["<b>finding</b>", "<b>paper</b>", "<b>this model</b>", "<b>verdict</b>"],
+                              align="left", fill_color="#f2f2f2"),
+                  cells=dict(values=cells, align="left", height=30,
+                             fill_color=[["white"] * len(rows)] * 3 + [[m[1] for m in marks]]),
+                  columnwidth=[3.2, 2.8, 3.6, 2.4])
+    return apply_style(fig, title=f"The paper's headline findings: {held} of {len(rows)} hold",
+                       caption=_caption("the headline findings", "Each verdict follows the rule written in "
+                                        "core/analysis/findings.py, computed on this model's numbers."))
+
+
+def _wrap_html(text: str, width: int) -> str:
+    return "<br>".join(_wrap(str(text), width))
+
+
 def snapshot_figure(df: Any) -> go.Figure:
     """mAP vs. pretraining iterations, one line per layer. Reproduces Table 3 (and the
     time axis of Fig. 2).

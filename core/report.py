@@ -282,6 +282,30 @@ def _layers_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | N
                  prov=provs, page="overview", table=df, table_caption="Per-layer mAP (%)")
 
 
+def findings_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """The findings as a table: id, finding, paper, this model, verdict, why."""
+    verdict = {True: "holds", False: "does not hold", None: "not measured"}
+    return pd.DataFrame([{"id": r["id"], "finding": r["title"], "paper": r["paper"], "this model": r["measured"],
+                          "verdict": verdict[r["holds"]], "why not": r["why"]} for r in rows])
+
+
+def findings_provenances(req: ReportRequest, t: service.TaskSpec) -> list[service.Provenance]:
+    """Provenance of the findings table: one record per model compared."""
+    return [service.Provenance(service.model_info(m), f"{t.train} -> {t.test}", "all layers",
+                               {"rules": "core/analysis/findings.py"}, code_version(), time.strftime("%Y-%m-%d %H:%M"))
+            for m in req.models]
+
+
+def _findings_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
+    rows = service.findings(req.model, req.compare or "demo:pretrained", req.task, progress=progress)
+    fig = figures.findings_figure(rows)
+    return _item(req, "findings", fig, title=fig.layout.title.text, ref="Figs. 1, 4; Tables 1-7",
+                 caption=_paper("the headline findings", "each verdict by the rule in core/analysis/findings.py",
+                                t, "train → test split"),
+                 prov=findings_provenances(req, t), page="overview", table=findings_table(rows),
+                 table_caption=service.findings_summary(rows))
+
+
 def layer_map_provenance(model_id: str, t: service.TaskSpec) -> service.Provenance:
     """Provenance of a per-layer mAP table (the service's layer mAP results carry none)."""
     return service.Provenance(service.model_info(model_id), f"{t.train} -> {t.test}", "all layers",
@@ -291,6 +315,7 @@ def layer_map_provenance(model_id: str, t: service.TaskSpec) -> service.Provenan
 
 #: key -> (builder, what it reproduces), in report order.
 STANDARD: dict[str, tuple[Callable[..., ReportItem], str]] = {
+    "findings": (_findings_item, "headline findings"),
     "sel": (_selectivity_item, "Fig. 1 class selectivity"),
     "pr": (_pr_item, "Fig. 3 single-filter precision-recall"),
     "needed": (_needed_item, "Fig. 4 / Table 5 filters needed"),
@@ -329,7 +354,7 @@ def standard_items(req: ReportRequest, keys: Sequence[str] | None = None, *, pro
     items = []
     for key in keys:
         builder, what = STANDARD[key]
-        if key == "sel" and multilabel:  # entropy of class labels needs one label per item
+        if key in ("sel", "findings") and multilabel:  # entropy of class labels needs one label per item
             skip(key, f"{what} needs single-label data; {t.title} is multi-label (pick a DET-GT or scene task)")
             continue
         items.append(builder(req, t, progress))

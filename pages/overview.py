@@ -57,13 +57,19 @@ with guard("the per-layer mAP table"):
                caption=f"Per-layer linear-classifier mAP (%), Tables 1-4 analogue · {task.title}")
 
 st.header("The paper's headline findings, checked on this model")
-if sel.task in ("demo-detgt",) or service.task(sel.task).kind in ("det-gt", "scene"):
+if service.task(sel.task).kind in ("det-gt", "scene"):
     pre = sel.compare or "demo:pretrained"
     with guard("the findings"):
         rows = computing("Checking findings…", service.findings, sel.model, pre, sel.task)
-        st.caption(f"Comparing {short_label(sel.model)} with {short_label(pre)} on {task.title}.")
-        show_table(pd.DataFrame([{**r, "holds": "✅ yes" if r["holds"] else "❌ no"} for r in rows]),
-                   "overview_findings", hide_index=True, width="stretch",
-                   caption=f"The paper's headline findings on {sel.model} vs. {pre} · {task.title}")
+        summary = service.findings_summary(rows)
+        st.caption(f"Comparing {short_label(sel.model)} with {short_label(pre)} on {task.title}. {summary}. "
+                   "Each verdict follows the rule written in `core/analysis/findings.py`; "
+                   "`python -m core findings --json F` prints the same table.")
+        mark = {True: "✅ holds", False: "❌ does not hold", None: "➖ not measured"}
+        table = report.findings_table(rows).assign(verdict=[mark[r["holds"]] for r in rows])
+        show_table(table.drop(columns="id"), "overview_findings", hide_index=True, width="stretch",
+                   provenance=report.findings_provenances(report.ReportRequest(model=sel.model, compare=pre,
+                                                                               task=sel.task), task),
+                   caption=f"The paper's headline findings on {sel.model} vs. {pre} · {task.title} · {summary}")
 else:
     st.info("Findings are checked on single-label tasks (DET-GT crops or scenes); pick one in the sidebar.")

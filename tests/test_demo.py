@@ -66,7 +66,15 @@ def test_killed_build_resumes(tmp_path, monkeypatch):
     assert not demo.is_built("tiny")
     with pytest.raises(DataMissingError, match="python -m core demo"):
         demo.manifest("tiny")
+    stale = tmp_path / "features" / "demo-finetuned-old" / "demo-target-test-old"   # of a replaced build
+    stale.mkdir(parents=True)
+    (stale / "conv1.json").write_text(json.dumps({"model": {"name": "demo:finetuned", "weights_sha256": "0" * 64},
+                                                 "dataset": {"name": "demo:target-test", "fingerprint": "x"}}))
+    mine = tmp_path / "features" / "tv-alexnet-x" / "imagefolder-x"                  # a user's model: kept
+    mine.mkdir(parents=True)
+    (mine / "conv1.json").write_text(json.dumps({"model": {"name": "tv:alexnet"}, "dataset": {"name": "x"}}))
     man = demo.build("tiny")
+    assert not stale.exists() and mine.exists()
     final = demo.demo_dir("tiny")
     assert (final / "models" / "pretrained.pt").stat().st_mtime_ns == stamp  # not retrained
     assert json.loads((final / "manifest.json").read_text())["built"] == man["built"]

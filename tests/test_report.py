@@ -123,7 +123,7 @@ def test_selectivity_is_skipped_on_multi_label_tasks_with_the_reason():
 
 
 def test_bad_requests_say_what_is_wrong():
-    with pytest.raises(InputError, match="unknown report figures.*choose from sel"):
+    with pytest.raises(InputError, match="unknown report figures.*choose from findings, sel"):
         report.standard_items(REQ, ["fig9"])
     with pytest.raises(InputError, match="layer 'conv9'"):
         report.standard_items(report.ReportRequest(layer="conv9"), ["pr"])
@@ -235,3 +235,46 @@ def test_cli_reports_skips_and_bad_input(tmp_path, capsys):
     assert not (tmp_path / "cls" / "slides").exists()
     assert main(["report", "--figures", "nope", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown report figures ['nope']" in capsys.readouterr().err
+
+
+def test_cli_accepts_demo_and_lists_valid_ids(tmp_path, capsys):
+    from core.__main__ import main
+
+    rc = main(["report", "--model", "demo", "--figures", "layers", "--no-static", "--out", str(tmp_path / "d")])
+    assert rc == 0, capsys.readouterr().err
+    index = json.loads((tmp_path / "d" / "index.json").read_text())
+    assert index["items"][0]["provenance"][0]["model"]["name"] == MODEL  # demo = the fine-tuned demo net
+    assert main(["report", "--model", "demo:nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model id 'demo:nope'" in err and "demo, demo:pretrained" in err and "demo:finetuned" in err
+
+
+def test_findings_item_and_cli_hold_the_rules_on_the_service_numbers(tmp_path, capsys):
+    """Each row's verdict recomputed here from the service's own numbers with the written rule."""
+    from core import service
+    from core.__main__ import main
+
+    out = tmp_path / "findings.json"
+    assert main(["findings", "--model", "demo", "--json", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    rows = {r["id"]: r for r in doc["findings"]}
+    assert list(rows) == list(__import__("core.analysis.findings", fromlist=["x"]).FINDING_IDS)
+    assert all({"id", "paper", "measured", "holds", "why"} <= set(r) for r in rows.values())
+    assert doc["provenance"]["models"][MODEL]["weights_sha256"] == service.model_info(MODEL)["weights_sha256"]
+    aue = {m: {l: float(service.selectivity(m, TASK, l).aue.mean()) for l in service.layers_of(m)}
+           for m in (MODEL, PRE)}
+    assert rows["selectivity_depth"]["holds"] == (aue[MODEL]["fc7"] < aue[MODEL]["conv1"]
+                                                  and aue[PRE]["fc7"] < aue[PRE]["conv1"])
+    delta = {l: abs(aue[MODEL][l] - aue[PRE][l]) for l in aue[MODEL]}
+    assert rows["finetune_moves_fc"]["holds"] == (set(sorted(delta, key=delta.get)[-2:]) == {"fc6", "fc7"})
+    fc7 = {m: service.layer_map(m, TASK, "fc7")["map"] for m in (MODEL, "demo:scratch", "demo:fc-finetuned")}
+    assert rows["pretrain_beats_scratch"]["holds"] == (fc7[MODEL] > fc7["demo:scratch"])
+    assert rows["full_ft_beats_fc_only"]["holds"] == (fc7[MODEL] > fc7["demo:fc-finetuned"])
+    sp = {r["layer"]: r["mean"] for r in service.sparsity(MODEL, TASK)["table"]}
+    assert rows["sparsity_falls"]["holds"] == (sp["fc7"] < sp["conv1"] and sp["conv5"] < sp["conv1"])
+    text = capsys.readouterr().out
+    assert service.findings_summary(doc["findings"]) in text
+    item = report.standard_items(REQ, ["findings"])[0]
+    table = item.table.set_index("id")
+    verdict = {True: "holds", False: "does not hold", None: "not measured"}
+    assert all(table.loc[k, "verdict"] == verdict[r["holds"]] for k, r in rows.items())
