@@ -5,7 +5,11 @@ st.set_page_config(page_title="Filterscope", page_icon=":material/biotech:", lay
 
 PAGES = {
     "Results": [
-        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
+        # The default page is served at / and reserves its url_path, which Streamlit then answers with
+        # "Page not found": it gets an unused one, and /overview (permalinks) is a hidden alias.
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="start", default=True),
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview",
+                visibility="hidden"),
         st.Page("pages/selectivity.py", title="Selectivity", icon=":material/stacked_line_chart:", url_path="selectivity"),
         st.Page("pages/precision-recall.py", title="Precision-recall", icon=":material/target:", url_path="precision-recall"),
         st.Page("pages/filters-needed.py", title="Filters needed", icon=":material/format_list_numbered:", url_path="filters-needed"),

@@ -67,7 +67,8 @@ if service.task(sel.task).kind in ("det-gt", "scene"):
                    "`python -m core findings --json F` prints the same table.")
         mark = {True: "✅ holds", False: "❌ does not hold", None: "➖ not measured"}
         table = report.findings_table(rows).assign(verdict=[mark[r["holds"]] for r in rows])
-        show_table(table.drop(columns="id"), "overview_findings", hide_index=True, width="stretch",
+        show_table(table[["verdict", "finding", "this model", "why not", "paper"]], "overview_findings",
+                   hide_index=True, width="stretch",
                    provenance=report.findings_provenances(report.ReportRequest(model=sel.model, compare=pre,
                                                                                task=sel.task), task),
                    caption=f"The paper's headline findings on {sel.model} vs. {pre} · {task.title} · {summary}")
