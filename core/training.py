@@ -2,10 +2,10 @@
 
 Pretraining plays ImageNet's role (many source classes); fine-tuning follows the
 paper's recipe scaled down: the classifier is replaced by a new randomly initialised
-layer and SGD runs from lr 0.001 (1/10 of pretraining's), divided by 10 at fixed
-steps. Variants: full fine-tuning (ft), fc-only fine-tuning (fc-ft: conv1-5 frozen)
-and training from scratch on the target task. Fixed iteration counts, deterministic
-for a seed on the CPU.
+layer and SGD with momentum runs at a fixed lr, divided by 10 at fixed steps (the
+schedules and their deviations are in :class:`core.demo.DemoConfig`). Variants: full
+fine-tuning (ft), fc-only fine-tuning (fc-ft: conv1-5 frozen) and training from scratch
+on the target task. Fixed iteration counts, deterministic for a seed on the CPU.
 """
 from __future__ import annotations
 
