@@ -143,22 +143,21 @@ def train_source(cfg: "DemoConfig", out: Path, data: dict[str, tuple[np.ndarray,
     snaps: dict[str, dict] = {}
     t0 = time.perf_counter()
 
-    def on_snapshot(it: int, n: torch.nn.Module) -> None:
+    def save_and_score(n: torch.nn.Module, name: str) -> dict:
+        """Write the float16 weights; score the network they load into (what is shipped)."""
         state = _half_state(n)
-        _save(out / snapshot_file(it), state)
+        _save(out / name, state)
         probe.load_state_dict(state)
-        snaps[str(it)] = {"file": snapshot_file(it),
-                          "source_val_accuracy": accuracy(predict(probe, np.asarray(xv), mean=MEAN, std=STD), yv),
-                          "source_train_accuracy": accuracy(predict(probe, xs, mean=MEAN, std=STD), ys)}
+        return {"file": name,
+                "source_val_accuracy": accuracy(predict(probe, np.asarray(xv), mean=MEAN, std=STD), yv),
+                "source_train_accuracy": accuracy(predict(probe, xs, mean=MEAN, std=STD), ys)}
+
+    def on_snapshot(it: int, n: torch.nn.Module) -> None:
+        snaps[str(it)] = save_and_score(n, snapshot_file(it))
 
     stats = train(net, x, y, cfg.pretrain, mean=MEAN, std=STD, on_snapshot=on_snapshot,
                   progress=progress, desc="pretraining on source scenes")
-    _save(out / "pretrained.pt", _half_state(net))
-    final = snaps[str(cfg.pretrain.iterations)] if str(cfg.pretrain.iterations) in snaps else None
-    if final is None:
-        probe.load_state_dict(_half_state(net))
-        final = {"source_val_accuracy": accuracy(predict(probe, np.asarray(xv), mean=MEAN, std=STD), yv),
-                 "source_train_accuracy": accuracy(predict(probe, xs, mean=MEAN, std=STD), ys)}
+    final = save_and_score(net, "pretrained.pt")
     files = sorted(p.name for p in out.glob("*.pt"))
     man = {"format": FORMAT, "profile": cfg.profile, "source_hash": source_hash(cfg), "config": source_config(cfg),
            "classes": class_names(cfg)["source"], "code_version": code_version(),
