@@ -99,19 +99,11 @@ def _train_source(profile: str, out: str | None) -> int:
     return 0
 
 
-def _model_id(value: str) -> str:
-    """A model id from what the user typed: ``demo`` is the default demo network
-    (``demo:finetuned``); other ids must be known (the error lists them)."""
-    from core import service
-
-    return service.resolve_model(value)
-
-
 def cmd_findings(args: argparse.Namespace) -> int:
     from core import service
 
-    model = _model_id(args.model)
-    compare = _model_id(args.compare)
+    model = service.resolve_model(args.model)
+    compare = service.resolve_model(args.compare)
     with tqdm_progress() as cb:
         rows = service.findings(model, compare, args.task, args.cls_task or None, progress=cb)
     mark = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}
@@ -157,7 +149,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core.datasets import load_dataset
 
     if args.model == "demo" or args.model.startswith("demo:"):
-        model_id = _model_id(args.model)
+        model_id = service.resolve_model(args.model)
     else:
         model_id = args.model if ":" in args.model else f"tv:{args.model}" + (f"@{args.weights}" if args.weights else "")
     lm = service.load_model(model_id)
@@ -191,11 +183,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from core import report
+    from core import report, service
 
     keys = [k.strip() for k in args.figures.split(",") if k.strip()] if args.figures else None
-    req = report.ReportRequest(model=_model_id(args.model),
-                               compare=_model_id(args.compare) if args.compare else None, task=args.task, layer=args.layer,
+    req = report.ReportRequest(model=service.resolve_model(args.model),
+                               compare=service.resolve_model(args.compare) if args.compare else None, task=args.task, layer=args.layer,
                                cls=args.cls, base_url=args.base_url,
                                ablation_seeds=tuple(range(max(1, args.ablation_splits))))
     skipped: list[str] = []

@@ -284,9 +284,8 @@ def _layers_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | N
 
 def findings_table(rows: Sequence[dict]) -> pd.DataFrame:
     """The findings as a table: id, finding, paper, this model, verdict, why."""
-    verdict = {True: "holds", False: "does not hold", None: "not measured"}
     return pd.DataFrame([{"id": r["id"], "finding": r["title"], "paper": r["paper"], "this model": r["measured"],
-                          "verdict": verdict[r["holds"]], "why not": r["why"]} for r in rows])
+                          "verdict": figures.FINDING_MARKS[r["holds"]][0], "why not": r["why"]} for r in rows])
 
 
 def findings_provenances(req: ReportRequest, t: service.TaskSpec) -> list[service.Provenance]:
