@@ -84,6 +84,30 @@ def test_bootstrap_map():
     assert np.all((b >= 0) & (b <= 1)) and abs(np.median(b) - full) < 0.1
 
 
+def test_weighted_bootstrap_ap_equals_sklearn_on_the_resampled_arrays():
+    """A resample given as copy counts scores like scikit-learn's AP on the repeated arrays,
+    ties between different images and between copies included."""
+    from sklearn.metrics import average_precision_score
+
+    from core.analysis.ablation import _weighted_ap
+    rng = np.random.default_rng(8)
+    n = 40
+    scores = np.round(rng.normal(size=n), 1)          # many ties on purpose
+    pos = rng.random(n) < 0.3
+    counts = rng.integers(0, 4, size=(n, 25))
+    counts[:, 0] = 0
+    counts[~pos, 0] = 1                                # one resample without positives
+    ap, present = _weighted_ap(torch.from_numpy(scores), torch.from_numpy(pos),
+                               torch.from_numpy(counts.astype(np.float64)))
+    for b in range(counts.shape[1]):
+        s_b, y_b = np.repeat(scores, counts[:, b]), np.repeat(pos, counts[:, b])
+        if y_b.any():
+            assert present[b] == 1.0
+            assert ap[b].item() == pytest.approx(average_precision_score(y_b, s_b), abs=1e-12)
+        else:
+            assert present[b] == 0.0 and ap[b].item() == 0.0
+
+
 def _toy(n: int, seed: int):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)

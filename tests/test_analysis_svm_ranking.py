@@ -155,6 +155,25 @@ def test_ridge_from_uncentred_gram_blocks_matches_sklearn_on_a_subset():
         np.testing.assert_allclose(got[i], ref, atol=1e-7)
 
 
+def test_linear_map_lssvm_wide_scores_match_sklearn_ridge_at_the_chosen_lambda():
+    """Wide layers (D >= N) take float32 inner products: the test scores still equal
+    scikit-learn's float64 Ridge on the standardised features, refit at each class's lambda."""
+    from sklearn.linear_model import Ridge
+
+    from core.analysis import SVMConfig, linear_map
+    rng = np.random.default_rng(6)
+    n, d = 90, 700
+    y = rng.integers(0, 3, n + 40)
+    x = np.maximum(rng.normal(size=(n + 40, d)), 0) * 5 + 2.0
+    x[:, :30] += 4 * (y[:, None] == 1)
+    res = linear_map(x[:n], y[:n], x[n:], y[n:], config=SVMConfig(method="lssvm"))
+    mu, sd = x[:n].mean(0), x[:n].std(0)
+    xtr, xte = (x[:n] - mu) / sd, (x[n:] - mu) / sd
+    for cl in range(3):
+        ref = Ridge(alpha=1 / res.c_values[cl], solver="svd").fit(xtr, (y[:n] == cl) * 2.0 - 1).predict(xte)
+        np.testing.assert_allclose(res.test_scores[:, cl], ref, rtol=1e-4, atol=1e-5)
+
+
 def test_linear_map_lssvm_finds_signal_and_validates():
     from core.analysis import SVMConfig, linear_map
     rng = np.random.default_rng(4)

@@ -12,7 +12,7 @@ import torch
 
 from core.analysis._common import (as_numpy, as_torch, check_ndim, cpu_generator,
                                    plan_chunks, positives_matrix)
-from core.analysis.precision_recall import _column_ap
+from core.analysis.precision_recall import _group_ends
 from core.analysis.svm_ranking import SVMConfig, linear_map
 from core.errors import InputError
 
@@ -158,15 +158,35 @@ def bootstrap_map(test_scores: Any, test_labels: Any, num_classes: int | None = 
     n, c = s.shape
     pos = positives_matrix(test_labels, n, num_classes or c, s.device)
     idx = torch.randint(n, (n, n_bootstrap), generator=cpu_generator(seed)).to(s.device)
-    out = torch.empty(n_bootstrap, dtype=torch.float64, device=s.device)
-    for sl in plan_chunks(n_bootstrap, n * c):
-        i = idx[:, sl]
-        ss = s[i].reshape(n, -1)                     # [N, b*C]
-        pp = pos[i].reshape(n, -1)[:, :, None]       # [N, b*C, 1]
-        ap = _column_ap(ss, pp)[:, 0].reshape(-1, c)
-        has = pp[:, :, 0].any(0).reshape(-1, c).to(torch.float64)
-        out[sl] = (ap * has).sum(1) / has.sum(1).clamp_min(1.0)
-    return as_numpy(out)
+    aps = torch.zeros(n_bootstrap, dtype=torch.float64, device=s.device)
+    has = torch.zeros(n_bootstrap, dtype=torch.float64, device=s.device)
+    for sl in plan_chunks(n_bootstrap, 2 * n):
+        w = torch.zeros(n, sl.stop - sl.start, dtype=torch.float64, device=s.device)
+        w.scatter_add_(0, idx[:, sl], torch.ones_like(w))   # copies of each image per resample
+        for cl in range(c):
+            ap, present = _weighted_ap(s[:, cl], pos[:, cl], w)
+            aps[sl] += ap
+            has[sl] += present
+    return as_numpy(aps / has.clamp_min(1.0))
+
+
+def _weighted_ap(scores: torch.Tensor, pos: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AP of one score column on ``B`` resamples given as copy counts ``w [N, B]``.
+
+    A resample holding image ``i`` ``w[i]`` times has the AP of scikit-learn's
+    ``average_precision_score`` on the resampled arrays: the copies share one score, so
+    one sort of the ``N`` originals serves every resample and ties (copies included)
+    still form one threshold. Returns (AP ``[B]``, 1.0 where the resample has a positive).
+    """
+    sv, order = torch.sort(scores, descending=True, stable=True)
+    ws = w[order]
+    tp = (ws * pos[order, None].to(ws.dtype)).cumsum(0)
+    seen = ws.cumsum(0)
+    ends = _group_ends(sv[:, None])[:, 0]                        # last index of each tie group
+    precision = tp[ends] / seen[ends].clamp_min(1.0)
+    total = tp[-1]
+    ap = (ws * pos[order, None] * precision).sum(0) / total.clamp_min(1.0)
+    return ap, (total > 0).to(ws.dtype)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare fields

@@ -257,13 +257,16 @@ def _linear_map_lssvm(prob: _Problem, cfg: SVMConfig) -> "LinearMapResult":
     """:func:`linear_map` with least-squares SVMs; lambda per class chosen on validation AP.
 
     On wide layers the inner products of the training rows (and of test with training rows)
-    are computed once and serve both the validation fit and the final one."""
+    are computed once and serve both the validation fit and the final one. Deviation: those
+    products are summed in float32 (4x faster than float64 here; the features are centred
+    and standardised first and come from a float16 store), the solves run in float64."""
     scale = float((prob.x_tr ** 2).sum(1).mean()) or 1.0
     lambdas = [r * scale for r in cfg.ridge_grid]
     fit, vidx = prob.fit_idx, prob.val_idx
     if prob.x_tr.shape[1] >= prob.x_tr.shape[0]:
-        x = torch.as_tensor(prob.x_tr, dtype=torch.float64)
-        g, c = x @ x.T, torch.as_tensor(prob.x_te, dtype=torch.float64) @ x.T
+        x = torch.as_tensor(prob.x_tr, dtype=torch.float32)
+        g = (x @ x.T).double()
+        c = (torch.as_tensor(prob.x_te, dtype=torch.float32) @ x.T).double()
         fi, vi = torch.as_tensor(fit), torch.as_tensor(vidx)
         val = _ridge_gram_scores(g[fi][:, fi], g[vi][:, fi], prob.p_tr[fit], lambdas)
         full = _ridge_gram_scores(g, c, prob.p_tr, lambdas)
