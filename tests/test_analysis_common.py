@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core import analysis
-from core.analysis._common import as_numpy, as_torch, int_labels, positives_matrix
+from core.analysis._common import as_numpy, as_torch, check_finite, int_labels, positives_matrix
 from core.errors import InputError
 
 PUBLIC = ["entropy_curves", "aue", "selectivity_curve", "filter_ap", "class_filter_ap",
@@ -65,3 +65,15 @@ def test_cuda_tensors_give_the_numpy_numbers():
                   - analysis.class_filter_ap(s, y, 3)).max() <= 1e-12
     assert np.array_equal(analysis.topk_sets(torch.from_numpy(s.T).cuda(), 10),
                           analysis.topk_sets(s.T, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_check_finite_finds_one_bad_value_and_passes_sums_that_overflow(dtype):
+    big = torch.full((64, 8), torch.finfo(dtype).max / 4, dtype=dtype)   # finite; the sum is inf
+    check_finite(big, "x")
+    check_finite(torch.arange(6, dtype=torch.int64), "x")                 # integers: nothing to check
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(50, 3, dtype=dtype)
+        x[37, 1] = bad
+        with pytest.raises(InputError, match="x contains NaN or inf"):
+            check_finite(x, "x")

@@ -60,16 +60,15 @@ class _Problem:
     val_idx: np.ndarray
 
 
-def _features(x: Any, pool: bool, name: str) -> torch.Tensor:
+def _features(x: Any, pool: bool, name: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     t = as_torch(x, name=name)
     if t.ndim == 4:
         t = t.amax(dim=(2, 3)) if pool else t.reshape(t.shape[0], -1)
     if t.ndim != 2 or t.shape[0] == 0:
         raise InputError(f"{name} must be [N, F] or [N, C, H, W] with N >= 1, "
                          f"got shape {tuple(t.shape)}")
-    t = t.to(torch.float64)
     check_finite(t, name)
-    return t
+    return t.to(dtype)
 
 
 def _num_classes(train_y: Any, test_y: Any, num_classes: int | None) -> int | None:
@@ -94,15 +93,18 @@ def _val_split(p_tr: np.ndarray, single_label: np.ndarray | None,
 
 
 def _prepare(train_x: Any, train_y: Any, test_x: Any, test_y: Any,
-             num_classes: int | None, pool: bool, cfg: SVMConfig) -> _Problem:
-    xtr, xte = _features(train_x, pool, "train_x"), _features(test_x, pool, "test_x")
+             num_classes: int | None, pool: bool, cfg: SVMConfig,
+             dtype: torch.dtype = torch.float64) -> _Problem:
+    """Validated, standardised (training statistics) features in ``dtype``, positives
+    matrices and the validation split."""
+    xtr, xte = _features(train_x, pool, "train_x", dtype), _features(test_x, pool, "test_x", dtype)
     if xtr.shape[1] != xte.shape[1]:
         raise InputError(f"train_x has {xtr.shape[1]} features but test_x {xte.shape[1]}")
     c = _num_classes(train_y, test_y, num_classes)
     ptr = as_numpy(positives_matrix(train_y, xtr.shape[0], c, xtr.device))
     pte = as_numpy(positives_matrix(test_y, xte.shape[0], c, xte.device))
-    mean, std = xtr.mean(0), xtr.std(0, correction=0)
-    std = torch.where(std > 0, std, 1.0)
+    var, mean = torch.var_mean(xtr, 0, correction=0)
+    std = torch.where(var > 0, var.sqrt(), 1.0)
     xtr, xte = as_numpy((xtr - mean) / std), as_numpy((xte - mean) / std)
     single = ptr.argmax(1) if bool((ptr.sum(1) == 1).all()) else None
     fit, val = _val_split(ptr, single, cfg)
@@ -191,11 +193,12 @@ def linear_map(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
     class on a held-out part of the training set and the SVM is refit on all of it;
     single-label data is scored by mAP (the paper reports accuracy for SUN-CLS).
     """
-    prob = _prepare(train_x, train_y, test_x, test_y, num_classes, False, config)
+    if config.method not in ("svm", "lssvm"):
+        raise InputError(f"SVMConfig.method must be 'svm' or 'lssvm', got {config.method!r}")
+    prob = _prepare(train_x, train_y, test_x, test_y, num_classes, False, config,
+                    torch.float32 if config.method == "lssvm" else torch.float64)
     if config.method == "lssvm":
         return _linear_map_lssvm(prob, config)
-    if config.method != "svm":
-        raise InputError(f"SVMConfig.method must be 'svm' or 'lssvm', got {config.method!r}")
     cols = np.arange(prob.x_tr.shape[1])
     c_values, aps, scores = [], [], []
     for cls in range(prob.p_tr.shape[1]):
@@ -259,8 +262,9 @@ def _linear_map_lssvm(prob: _Problem, cfg: SVMConfig) -> "LinearMapResult":
     On wide layers the inner products of the training rows (and of test with training rows)
     are computed once and serve both the validation fit and the final one. Deviation: those
     products are summed in float32 (4x faster than float64 here; the features are centred
-    and standardised first and come from a float16 store), the solves run in float64."""
-    scale = float((prob.x_tr ** 2).sum(1).mean()) or 1.0
+    and standardised first, in float32, and come from a float16 store), the solves run in
+    float64."""
+    scale = float((prob.x_tr ** 2).sum(dtype=np.float64)) / len(prob.x_tr) or 1.0
     lambdas = [r * scale for r in cfg.ridge_grid]
     fit, vidx = prob.fit_idx, prob.val_idx
     if prob.x_tr.shape[1] >= prob.x_tr.shape[0]:
