@@ -1,6 +1,8 @@
 """Filterscope: navigation only. Each page is a thin file under pages/."""
 import streamlit as st
 
+from ui.common import run_page
+
 st.set_page_config(page_title="Filterscope", page_icon=":material/biotech:", layout="wide")
 
 PAGES = {
@@ -30,4 +32,4 @@ nav = st.navigation(PAGES, position="sidebar")
 st.session_state["_via_app"] = True
 if goto := st.session_state.pop("_goto", None):  # a deep link that arrived before navigation existed
     st.switch_page(goto, query_params=st.query_params.to_dict())
-nav.run()
+run_page(nav)

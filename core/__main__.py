@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.func(args)
+        with logging_redirect_tqdm():  # a warning gets its own line, not the tail of a progress bar
+            return args.func(args)
     except FilterscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

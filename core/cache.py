@@ -10,6 +10,7 @@ waits and reads the first's result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import diskcache
 
-from core.config import cache_root, stable_hash
+from core.config import cache_path, cache_root, stable_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,3 +242,22 @@ def default_cache() -> ResultCache:
             limit = int(float(os.environ.get("FILTERSCOPE_CACHE_GB", DEFAULT_SIZE_LIMIT / 2**30)) * 2**30)
             _DEFAULT[directory] = ResultCache(directory, size_limit=limit, memo_bytes=DEFAULT_MEMO_BYTES)
         return _DEFAULT[directory]
+
+
+def storage_problem(exc: OSError) -> str:
+    """What an OS error while reading or writing files means for the user, and what to do.
+
+    Errors on the cache folder (``FILTERSCOPE_CACHE``: not writable, full, removed) say so
+    and how to fix it; others name the file and the reason.
+    """
+    root = cache_path()
+    where = Path(os.fsdecode(exc.filename)) if exc.filename else None
+    reason = exc.strerror or str(exc)
+    if where is None or root not in (where, *where.parents):
+        return f"{where or 'a file'}: {reason}. Check that it exists and can be read and written, then reload."
+    what = {errno.EACCES: "cannot be written", errno.EPERM: "cannot be written", errno.EROFS: "is read-only",
+            errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota",
+            errno.ENOENT: "has gone away"}.get(exc.errno, "cannot be used")
+    return (f"The cache folder {root} {what} ({reason}: {where}). Make it writable (or free space), or restart "
+            f"the app with FILTERSCOPE_CACHE set to a writable folder; what is computed so far stays usable.")
+

@@ -15,10 +15,15 @@ from core import __version__
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def cache_root() -> Path:
-    """The cache directory: ``$FILTERSCOPE_CACHE`` if set, else ``<repo>/cache``."""
+def cache_path() -> Path:
+    """The cache directory: ``$FILTERSCOPE_CACHE`` if set, else ``<repo>/cache`` (not created)."""
     env = os.environ.get("FILTERSCOPE_CACHE")
-    root = Path(env).expanduser() if env else PROJECT_ROOT / "cache"
+    return Path(env).expanduser() if env else PROJECT_ROOT / "cache"
+
+
+def cache_root() -> Path:
+    """:func:`cache_path`, created if missing."""
+    root = cache_path()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

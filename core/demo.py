@@ -34,13 +34,13 @@ from PIL import Image
 from core.datasets import (FASHION_CLASSES, FASHION_SOURCE_CLASSES, FASHION_TARGET_CLASSES, RCNN_CONTEXT_PAD,
                            RCNN_CROP_SIZE, ArrayImageSet, ImageSet, ensure_fashion_mnist, read_fashion_mnist,
                            register_dataset, warp_box)
-from core.errors import DataMissingError, InputError
-from core.models import DemoNetConfig, LoadedModel, build_demo, PAPER_LAYERS
+from core.errors import CacheCorruptError, DataMissingError, InputError
+from core.models import DemoNetConfig, LoadedModel, build_demo, sha256_file, PAPER_LAYERS
 from core.training import TrainConfig, accuracy, init_weights, predict, train
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
-DEMO_FORMAT = 2
+DEMO_FORMAT = 3  # 3: the manifest records the SHA-256 of every network file
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -213,14 +213,42 @@ def _built_manifest(profile: str) -> dict | None:
 
 
 def is_built(profile: str | None = None) -> bool:
-    """True when a complete demo built from the current code's config is there.
+    """True when a complete demo built from the current code's config is there, every
+    network file matching the SHA-256 its manifest records.
 
     A demo built by an older version (other config or format) counts as not built: the
-    next build replaces it.
+    next build replaces it. One with a damaged or missing network file counts as not
+    built too: the next build retrains only that network (:func:`damaged_files`).
     """
     profile = profile or profile_name()
     man = _built_manifest(profile)
-    return man is not None and man.get("config_hash") == config_hash(PROFILES[profile])
+    return (man is not None and man.get("config_hash") == config_hash(PROFILES[profile])
+            and not damaged_files(profile))
+
+
+def damaged_files(profile: str | None = None) -> list[Path]:
+    """Network files of the built demo that are missing or whose SHA-256 differs from the
+    manifest's (each file is hashed once per size and modification time)."""
+    profile = profile or profile_name()
+    man = _built_manifest(profile)
+    if man is None:
+        return []
+    models = demo_dir(profile) / "models"
+    return [models / name for name, digest in man.get("weights_sha256", {}).items()
+            if _digest(models / name) != digest]
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _digest_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _digest_cached(path: str, _mtime_ns: int, _size: int) -> str:
+    return sha256_file(path)
 
 
 @lru_cache(maxsize=4)
@@ -259,7 +287,11 @@ def _save_state(path: Path, net: torch.nn.Module) -> None:
 def _build_lock(root: Path) -> Iterator[None]:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the kernel's lock: released even when its holder is killed
+            log.warning("another process is building the demo in %s; waiting for it to finish", root)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -597,17 +629,21 @@ def build(profile: str | None = None, *, progress: Progress | None = None, force
     cfg = PROFILES[profile]
     final = demo_dir(profile)
     key = config_hash(cfg)
+    partial = final.with_name(f"{final.name}.partial-{key}")
     with _build_lock(final):
+        built_at = None
         if final.exists() and (force or not is_built(profile)):
-            if not force:
-                log.warning("the demo in %s was built by another version (config changed); rebuilding it", final)
-            shutil.rmtree(final)
+            built_at = None if force else _reopen_for_repair(profile, final, partial)
+            if built_at is None:
+                if not force:
+                    log.warning("the demo in %s was built by another version (config changed); rebuilding it",
+                                final)
+                shutil.rmtree(final)
         if is_built(profile):
             return manifest(profile)
         for stale in final.parent.glob(f"{final.name}.partial*"):  # half builds of other configs
-            if stale.name != f"{final.name}.partial-{key}":
+            if stale.name != partial.name:
                 shutil.rmtree(stale, ignore_errors=True)
-        partial = final.with_name(f"{final.name}.partial-{key}")
         partial.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         _step_data(cfg, partial, progress)
@@ -615,7 +651,8 @@ def build(profile: str | None = None, *, progress: Progress | None = None, force
         pre = _step_pretrain(cfg, partial, progress)
         fts = _step_finetune(cfg, partial, progress)
         info = {"format": DEMO_FORMAT, "profile": profile, "config_hash": key, "config": _jsonable_cfg(cfg),
-                "code_version": code_version(), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "code_version": code_version(), "built": built_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "weights_sha256": {p.name: sha256_file(p) for p in sorted((partial / "models").glob("*.pt"))},
                 "seconds": {"data": t_data, "total_training": time.perf_counter() - t0},
                 "pretrain": {k: v for k, v in pre.items() if k != "loss_curve"},
                 "finetune": {k: {kk: vv for kk, vv in v.items() if kk != "loss_curve"} for k, v in fts.items()},
@@ -632,6 +669,29 @@ def build(profile: str | None = None, *, progress: Progress | None = None, force
             log.warning("removed %d stale cache folder(s) of replaced demo builds (%.0f MB)", len(gone),
                         sum(i.bytes for i in gone) / 1e6)
         return info
+
+
+def _reopen_for_repair(profile: str, final: Path, partial: Path) -> str | None:
+    """A built demo of the current config whose only fault is damaged network files: move
+    it back to ``partial`` without those files (and the records saying they were made) so
+    the build steps redo just them. Returns the build's timestamp (kept, so the datasets'
+    fingerprints and every stored feature and result stay valid), None if not repairable."""
+    man = _built_manifest(profile)
+    bad = damaged_files(profile)
+    if man is None or man.get("config_hash") != config_hash(PROFILES[profile]) or not bad:
+        return None
+    for p in bad:
+        log.warning("demo network file %s is missing or does not match the SHA-256 in %s; rebuilding that "
+                    "network only", p, final / "manifest.json")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.replace(final, partial)
+    models = partial / "models"
+    for p in bad:
+        (models / p.name).unlink(missing_ok=True)
+        source = p.stem == "pretrained" or p.stem.startswith("snapshot-")
+        (models / ("pretrain.json" if source else f"{p.stem}.json")).unlink(missing_ok=True)
+    (partial / "manifest.json").unlink()
+    return man["built"]
 
 
 def _jsonable_cfg(cfg: DemoConfig) -> dict:
@@ -665,9 +725,15 @@ def load_demo_model(model_id: str, profile: str | None = None) -> LoadedModel:
     man = manifest(profile)
     target = variant not in ("pretrained",) and not variant.startswith("snapshot-")
     names = man["classes"]["target" if target else "source"]
-    return build_demo(num_classes=len(names), weights=demo_dir(profile) / "models" / f"{variant}.pt",
-                      name=model_id, class_names=tuple(names), cfg=PROFILES[man["profile"]].net,
-                      extra={"demo_profile": man["profile"]})
+    lm = build_demo(num_classes=len(names), weights=demo_dir(profile) / "models" / f"{variant}.pt",
+                    name=model_id, class_names=tuple(names), cfg=PROFILES[man["profile"]].net,
+                    extra={"demo_profile": man["profile"]})
+    want = man.get("weights_sha256", {}).get(f"{variant}.pt")
+    if want is not None and lm.spec.weights.sha256 != want:
+        raise CacheCorruptError(f"demo network file {lm.spec.weights.path} does not match the SHA-256 in "
+                                f"{demo_dir(profile) / 'manifest.json'}: run `python -m core demo` (or reload the "
+                                f"app) to rebuild that network")
+    return lm
 
 
 DEMO_SETS = {

@@ -313,13 +313,15 @@ def open_layer(directory: Path, layer: str) -> LayerFeatures | None:
             return _open_sharded(directory, layer, manifest)
     if not npy.exists() or not man.exists():
         return None
+    damaged = man
     try:
         manifest = json.loads(man.read_text())
+        damaged = npy
         arr = np.load(npy, mmap_mode="r")
         if list(arr.shape) != manifest["shape"] or manifest.get("format") != FORMAT_VERSION:
             raise CacheCorruptError(f"shape {arr.shape} != manifest {manifest.get('shape')}")
-    except (OSError, ValueError, KeyError, CacheCorruptError) as exc:
-        log.warning("stored features %s are damaged (%s); dropping them, they will be re-extracted", npy, exc)
+    except (OSError, ValueError, KeyError, TypeError, CacheCorruptError) as exc:
+        log.warning("stored features %s are damaged (%s); dropping them, they will be re-extracted", damaged, exc)
         for p in (npy, man):
             p.unlink(missing_ok=True)
         return None

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 import logging
+import sys
+import threading
 import zlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -13,6 +14,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from core import demo, service
+from core.cache import storage_problem
 from core.errors import FilterscopeError
 
 log = logging.getLogger("filterscope.ui")
@@ -53,6 +55,43 @@ def ensure_demo() -> None:
         status.update(label="Demo built", state="complete")
 
 
+class _RunWarnings(logging.Handler):
+    """Warnings that core logs from one thread (one session's script run): a damaged cache
+    file dropped, a demo network rebuilt... shown on the page as well as in the server log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+def run_page(nav: Any) -> None:
+    """Run the page ``st.navigation`` chose. What core warned about during the run is shown
+    above the page (once per message); a cache folder that cannot be written, is full or has
+    gone away gets a message saying what to do instead of a traceback."""
+    top = st.container()
+    pending = st.session_state.setdefault("_run_warnings", [])
+    handler = _RunWarnings()
+    loggers = [logging.getLogger(n) for n in ("core", "filterscope")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        nav.run()
+    except OSError as exc:
+        st.error(storage_problem(exc))
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        pending.extend(handler.messages)  # kept over an st.rerun() that ends this run early
+    for msg in dict.fromkeys(pending):
+        top.warning(msg, icon=":material/build:")
+    pending.clear()
+
+
 @contextlib.contextmanager
 def guard(what: str = "this view") -> Iterator[None]:
     """Turn errors into a clear message instead of a traceback."""
@@ -60,6 +99,8 @@ def guard(what: str = "this view") -> Iterator[None]:
         yield
     except FilterscopeError as exc:
         st.error(f"Cannot show {what}: {exc}")
+    except OSError as exc:
+        st.error(f"Cannot show {what}: {storage_problem(exc)}")
     except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
         log.exception("unexpected error in %s", what)
         st.error(f"Unexpected error while computing {what}: {type(exc).__name__}: {exc}. "
