@@ -285,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     except FilterscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # cache folder not writable, full or gone; an unreadable input file
+        from core.cache import storage_problem
+        print(f"error: {storage_problem(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

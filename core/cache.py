@@ -2,7 +2,9 @@
 
 Values are pickled together with a SHA-256 of the pickle; an entry whose checksum or
 unpickling fails is dropped with a warning and recomputed. A damaged cache database
-is moved aside and a fresh one opened, so the app never crashes on a bad cache.
+is moved aside and a fresh one opened, so the app never crashes on a bad cache; a
+folder that cannot be written is read as it is (new results kept in memory) with a
+warning that says what to do.
 Two callers asking for the same missing key compute it once (a cross-process lock
 per key, ``flock`` on a file, released by the kernel if its holder dies); the second
 waits and reads the first's result.
@@ -18,6 +20,7 @@ import logging
 import os
 import pickle
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -52,16 +55,23 @@ class ResultCache:
         self.memo_bytes = int(memo_bytes)
         self.hits = self.misses = self.dropped = 0
         self._local = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
         self._memo: OrderedDict[str, bytes] = OrderedDict()
         self._memo_size = 0
+        self.read_only = False
         self._cache = self._open()
 
-    def _open(self) -> diskcache.Cache:
+    def _open(self) -> diskcache.Cache | _ReadOnlyStore:
         try:
             cache = diskcache.Cache(str(self.directory), size_limit=self.size_limit, cull_limit=2)
             cache.stats(enable=False)  # touches the database: fails here if it is damaged
             return cache
         except (sqlite3.DatabaseError, OSError) as exc:
+            if (problem := _write_problem(self.directory)) is not None:
+                log.warning("%s Until then the results already there are shown and new ones are computed "
+                            "without being saved.", storage_problem(problem))
+                self.read_only = True
+                return _ReadOnlyStore(self.directory)
             aside = self.directory.with_name(f"{self.directory.name}.corrupt-{int(time.time())}")
             log.warning("result cache at %s is damaged (%s); moved to %s and starting afresh",
                         self.directory, exc, aside)
@@ -178,6 +188,10 @@ class ResultCache:
         (``<cache>/locks/<key>.lock``). The kernel releases it when the holder dies, so a
         process killed while computing never blocks the others (a lock stored in the cache
         would stay until it expires)."""
+        if self.read_only:  # no lock files: this process is the only one that can compute and keep
+            with self._local_key_lock(key):
+                yield
+            return
         folder = self.directory / "locks"
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / f"{key}.lock", "a") as fh:
@@ -186,6 +200,13 @@ class ResultCache:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _local_key_lock(self, key: str) -> Iterator[None]:
+        with self._local:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
 
     def contains(self, request: Any, fingerprints: Sequence[str]) -> bool:
         return self.key(request, fingerprints) in self._cache
@@ -200,6 +221,65 @@ class ResultCache:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def _write_problem(directory: Path) -> OSError | None:
+    """Why nothing can be written in ``directory`` (created if missing), or None if it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+        if (db := directory / "cache.db").exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as exc:
+        return OSError(exc.errno, exc.strerror, str(directory))
+    return None
+
+
+class _ReadOnlyStore:
+    """What :class:`ResultCache` uses in place of ``diskcache.Cache`` over a results folder
+    that cannot be written (read-only mount, immutable, no permission): the entries already
+    there are read through SQLite opened immutable and decoded by diskcache's own ``Disk``;
+    new entries live in this process only."""
+
+    def __init__(self, directory: Path):
+        self._disk = diskcache.Disk(str(directory))
+        db = directory / "cache.db"
+        self._con = (sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                     check_same_thread=False) if db.exists() else None)
+        self._new: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None, retry: bool = False) -> Any:
+        if key in self._new:
+            return self._new[key]
+        if self._con is None:
+            return default
+        db_key, raw = self._disk.put(key)
+        with self._lock:
+            row = self._con.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
+                                    (db_key, raw)).fetchone()
+        return default if row is None else self._disk.fetch(*row, read=False)
+
+    def set(self, key: str, value: Any, retry: bool = False) -> None:
+        self._new[key] = value
+
+    def delete(self, key: str, retry: bool = False) -> None:
+        self._new.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def volume(self) -> int:
+        return 0
+
+    def clear(self, retry: bool = False) -> None:
+        self._new.clear()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
 
 
 def _make_key(request: Any, fingerprints: tuple[str, ...]) -> str:

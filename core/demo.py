@@ -630,6 +630,8 @@ def build(profile: str | None = None, *, progress: Progress | None = None, force
     final = demo_dir(profile)
     key = config_hash(cfg)
     partial = final.with_name(f"{final.name}.partial-{key}")
+    if not force and is_built(profile):  # nothing to write (nor to lock: the cache may be read-only)
+        return manifest(profile)
     with _build_lock(final):
         built_at = None
         if final.exists() and (force or not is_built(profile)):

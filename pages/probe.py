@@ -72,7 +72,7 @@ images, samples = [], False
 if uploads:
     images, errors = _decode(uploads)
     for _name, message in errors:
-        st.error(message, icon="🚫")
+        st.error(message, icon=":material/block:")
     if errors:
         st.caption(f"{len(images)} of {len(uploads)} files probed; {len(errors)} skipped.")
     if not images:

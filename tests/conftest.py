@@ -100,6 +100,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
+    """``streamlit run app.py`` over the tiny demo in ``cache`` on a free port, as ``make run``
+    would but headless and without the file watcher; output to ``log_path`` (a file, not a
+    pipe: a chatty server must never block on it). Returns the process and its url, once healthy."""
+    import subprocess
+
+    port = free_port()
+    env = {**os.environ, "FILTERSCOPE_CACHE": str(cache), "FILTERSCOPE_DEMO": "tiny"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                                 "--server.port", str(port), "--server.address", "127.0.0.1",
+                                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                                 "--server.fileWatcherType", "none"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(url, proc, 120, lambda: log_path.read_text(errors="replace"))
+    return proc, url
+
+
+def stop_server(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def app_server(demo_env, tmp_path_factory):
+    """One server over the session's tiny demo, shared by the browser tests: (url, process, log path)."""
+    log_path = tmp_path_factory.mktemp("app-server") / "server.log"
+    proc, url = start_server(demo_env, log_path)
+    yield url, proc, log_path
+    stop_server(proc)
+
+
 def wait_until_healthy(url: str, proc, tries: int, stderr_text) -> None:
     """Poll a Streamlit server's health endpoint every 0.5 s; kill it and fail the test with
     the tail of ``stderr_text()`` when it has not answered after ``tries`` polls."""

@@ -227,18 +227,46 @@ print(json.dumps(steps))
 """
 
 
-def test_read_only_then_missing_cache_folder_mid_session(killed_build, tmp_path):
-    """The cache folder made read-only (immutable, so even root cannot write) in the middle of
-    a session: the page needing new work explains what to do, the cached page still renders.
-    Then the folder removed: the app rebuilds the demo and the page renders again."""
-    cache = tmp_path / "cache"
-    shutil.copytree(killed_build, cache)
+def _copy_if_chattr_works(src: Path, cache: Path) -> Path:
+    """A copy of the cache ``src``; skips the test where ``chattr +i`` cannot make files immutable."""
+    shutil.copytree(src, cache)
     probe = cache / "probe-immutable"
     probe.mkdir()
     if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
         pytest.skip("chattr +i is not supported on this file system; cannot make the cache read-only as root")
     subprocess.run(["chattr", "-i", str(probe)], check=True)
     probe.rmdir()
+    return cache
+
+
+def test_read_only_cache_folder_at_startup(killed_build, tmp_path):
+    """A cache folder that is read-only before the app starts: not mistaken for a damaged
+    one (nothing moved aside), one warning saying what to do, the cached results shown; the
+    CLI's demo command finds the demo built and exits cleanly."""
+    cache = _copy_if_chattr_works(killed_build, tmp_path / "cache")
+    SURVIVED["read-only cache folder at startup"] = False
+    subprocess.run(["chattr", "-R", "+i", cache], check=True)
+    try:
+        page = _apptest(cache, "pages/selectivity.py")
+        cli = _cli(cache, "demo")
+        after = sorted(p.name for p in cache.iterdir())
+    finally:
+        subprocess.run(["chattr", "-R", "-i", cache], check=True)
+    assert not page["exceptions"] and not page["errors"] and page["charts"] >= 1, page
+    assert len(page["warnings"]) == 1, page
+    assert "cannot be written" in page["warnings"][0] and "FILTERSCOPE_CACHE" in page["warnings"][0], page
+    assert "damaged" not in page["warnings"][0]
+    assert cli.returncode == 0 and "already built" in cli.stdout, cli.stderr[-3000:]
+    assert [w for w in _warnings(cli.stderr) if "cannot be written" in w], cli.stderr[-3000:]
+    assert after == ["demo", "features", "results"]  # nothing moved aside
+    SURVIVED["read-only cache folder at startup"] = True
+
+
+def test_read_only_then_missing_cache_folder_mid_session(killed_build, tmp_path):
+    """The cache folder made read-only (immutable, so even root cannot write) in the middle of
+    a session: the page needing new work explains what to do, the cached page still renders.
+    Then the folder removed: the app rebuilds the demo and the page renders again."""
+    cache = _copy_if_chattr_works(killed_build, tmp_path / "cache")
     SURVIVED["read-only cache folder"] = False
     out = subprocess.run([sys.executable, "-c", MID_SESSION, str(cache)], cwd=ROOT, env=_env(cache),
                          capture_output=True, text=True, timeout=400)

@@ -11,12 +11,9 @@ Every file is generated here into ``tmp_path``; nothing binary is committed.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 import zlib
@@ -25,7 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, free_port, wait_until_healthy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # skipped before any fixture runs (no demo build, no server) when the browser is missing
@@ -33,7 +29,7 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")]
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-# Streamlit's maxUploadSize is "megabytes"; the server checks n * 1024 * 1024 bytes, the browser
+# .streamlit/config.toml's server.maxUploadSize, in "megabytes"; the server checks n * 1024 * 1024 bytes, the browser
 # n * 1000 * 1000 (n * 1024 * 1024 on Windows only), so 25 MiB + 1 byte is over the limit for both.
 MAX_UPLOAD_MB = 25
 OVERSIZE_BYTES = MAX_UPLOAD_MB * 1024 * 1024 + 1
@@ -115,29 +111,6 @@ def summary():
     print(f"\nfaults injected: {SUMMARY['injected']}, survived: {SUMMARY['survived']}")
 
 
-@pytest.fixture(scope="module")
-def server(demo_env, tmp_path_factory):
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("faults-upload") / "server.log"
-    env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny"}
-    with open(log_path, "wb") as log:  # a file, not a pipe: a chatty server must never block on it
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-                                 "--server.port", str(port), "--server.address", "127.0.0.1",
-                                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                                 "--server.fileWatcherType", "none",
-                                 "--server.maxUploadSize", str(MAX_UPLOAD_MB)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, proc, 120, lambda: log_path.read_text(errors="replace"))
-    yield url, proc, log_path
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 def _settle(page, timeout: float = 120) -> None:
     """Wait until the script run is over: the running indicator has gone (and stays gone)."""
     deadline = time.time() + timeout
@@ -155,11 +128,11 @@ def _health(url: str) -> str:
 
 # --------------------------------------------------------------------------- the test
 
-def test_bad_uploads_get_one_error_each_good_ones_are_probed_server_survives(server, summary, tmp_path):
+def test_bad_uploads_get_one_error_each_good_ones_are_probed_server_survives(app_server, summary, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    url, proc, log_path = server
+    url, proc, log_path = app_server
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     probed, refused, oversize = build_corpus(corpus)
@@ -194,7 +167,7 @@ def test_bad_uploads_get_one_error_each_good_ones_are_probed_server_survives(ser
             upload_s = time.perf_counter() - t0
             page.screenshot(path=str(tmp_path / "probe_after_faulty_upload.png"))
             body = page.locator("body").inner_text()
-            alerts = [a.inner_text().replace("🚫", "").strip()  # the error's icon is part of the alert's text
+            alerts = [a.locator("[data-testid='stMarkdownContainer']").first.inner_text().strip()  # not the icon
                       for a in page.locator("[data-testid='stAlert']").all()]
             errors = [a for a in alerts if a.startswith("'")]  # core.imageio: "'<name>' <what>. Please ..."
             tabs = [t.inner_text().strip() for t in page.locator("[data-testid='stTab']").all()]
