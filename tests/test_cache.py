@@ -1,11 +1,13 @@
 """Result cache: hits via a counter, corruption detected and recomputed, single computation under contention."""
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from core.cache import ResultCache
 from core.config import stable_hash
@@ -52,6 +54,32 @@ def test_damaged_database_is_moved_aside(tmp_path):
     cache = ResultCache(d)
     assert cache.get_or_compute(Req("a"), [], lambda: 2) == 2
     assert list(tmp_path.glob("c.corrupt-*"))
+
+
+def test_read_only_folder_is_read_as_it_is_not_moved_aside(tmp_path, caplog):
+    """A results folder that cannot be written (immutable: even root cannot write) opens read-only:
+    small values (inline in SQLite) and large ones (diskcache's own files) read back as stored;
+    new results are computed and kept in memory; nothing is moved aside; one warning."""
+    d = tmp_path / "c"
+    big = np.arange(50_000, dtype=np.float64)  # > diskcache's 32 KiB: stored in a file of its own
+    writer = ResultCache(d)
+    writer.get_or_compute(Req("small"), [], lambda: {"aue": [0.5, 0.25]})
+    writer.get_or_compute(Req("big"), ["fp"], lambda: big)
+    writer.close()
+    if subprocess.run(["chattr", "-R", "+i", str(d)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not supported here; cannot make a folder read-only as root")
+    try:
+        cache = ResultCache(d)
+        assert cache.read_only and str(d) in caplog.text and "damaged" not in caplog.text
+        fail = lambda: pytest.fail("recomputed a stored result")  # noqa: E731
+        assert cache.get_or_compute(Req("small"), [], fail) == {"aue": [0.5, 0.25]}
+        assert np.array_equal(cache.get_or_compute(Req("big"), ["fp"], fail), big)
+        calls = []
+        assert cache.get_or_compute(Req("new"), [], lambda: calls.append(1) or 7) == 7
+        assert cache.get_or_compute(Req("new"), [], lambda: calls.append(1) or 8) == 7 and len(calls) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(d)], check=True)
 
 
 def test_concurrent_requests_compute_once(tmp_path):
