@@ -185,7 +185,7 @@ def _extract(model_id: str, dataset_id: str, layers: Sequence[str], device: str,
                                   device=device, progress=progress)
     if b.name == "ray":
         from core import distributed
-        return distributed.extract_ray(model_id, dataset_id, list(layers), address=b.address,
+        return distributed.extract_ray(load_model(model_id), load_set(dataset_id), list(layers), address=b.address,
                                        num_actors=b.num_actors, device=device, progress=progress)
     raise InputError(f"unknown compute backend '{b.name}'; use local or ray")
 
