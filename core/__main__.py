@@ -158,8 +158,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     with tqdm_progress() as cb:
         if args.backend == "ray":
             from core import distributed
-            # ids, not objects: each actor builds the model and opens the dataset itself
-            out = distributed.extract_ray(model_id, args.dataset, layers, address=args.ray_address,
+            out = distributed.extract_ray(lm, data, layers, address=args.ray_address,
                                           num_actors=args.num_actors,
                                           batch_size=args.batch_size, shard_size=args.shard_size,
                                           device=args.device, progress=cb)

@@ -2,9 +2,9 @@
 
 The dataset is cut into contiguous shards of ``shard_size`` items; a Ray dataset holds one
 row per shard (``start``, ``stop``) and ``map_batches`` sends each row to a pool of model
-actors (one per GPU, or one per CPU). Every actor builds the model and the image set once
-(from their ids, or from one object-store copy for objects), runs the local extraction
-pipeline on its shard and writes one float16 file per layer,
+actors (one per GPU, or one per CPU). The caller passes the built model and the image set;
+each actor fetches one object-store copy of both, runs the local extraction pipeline on
+its shard and writes one float16 file per layer,
 ``<features_dir>/<layer>.shards/<start>-<stop>.npy``, laid out exactly as the local
 ``<layer>.npy`` rows ``start:stop``. The driver then writes one manifest per layer
 (``<layer>.json``, atomic) listing the shards in order, with the local path's provenance
@@ -16,6 +16,11 @@ ranges) and each actor reads its images from the :class:`~core.datasets.ImageSet
 boundaries are then exact and every actor feeds the network the same input batches as the
 local path (the input pipeline is :func:`core.extraction.iter_batches` itself), which is
 what makes the stored features bit-for-bit equal.
+
+:func:`map_shards_ray` is the Ray map step of the shard reducers of
+:mod:`core.analysis.sharded` (one task per shard). Everything that knows Ray is here; this
+module is given models and image sets and never resolves ids (that is :mod:`core.service`'s
+job, which calls it).
 
 Ray is imported lazily: the rest of the app works without it, and a missing Ray is an
 :class:`~core.errors.InputError` that says how to install it.
@@ -29,12 +34,13 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from core import extraction
+from core.analysis.sharded import ShardData, load_shard
 from core.config import cache_root
 from core.datasets import ArrayImageSet, ImageSet
 from core.errors import CacheCorruptError, InputError
@@ -44,9 +50,6 @@ log = logging.getLogger(__name__)
 RAY_REQUIREMENT = "ray[data]==2.58.0"
 #: Upper bound of the default shard size (items); a shard's files are written in one go.
 MAX_DEFAULT_SHARD = 4096
-
-ModelSource = str | LoadedModel
-DataSource = str | ImageSet
 
 
 # --------------------------------------------------------------------------- ray session
@@ -184,36 +187,42 @@ def write_shard(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], dire
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- shard reducers
+def map_shards_ray(fn: Callable[..., Any], specs: Sequence[tuple[int, ShardData]], *args: Any) -> list[Any]:
+    """The map step of :mod:`core.analysis.sharded` as one Ray task per shard, results in order.
+
+    Pass it as ``map_shards=`` to any ``*_sharded`` reducer. Stored shards travel as file
+    paths, arrays and ``args`` through the object store (``args`` once for all tasks). An
+    initialised Ray is used, else a local one is started for the call.
+    """
+    with ray_session() as ray:
+        task = ray.remote(num_cpus=1)(_remote_call)
+        shared = [ray.put(a) for a in args]   # one object-store copy of labels etc.
+        refs = [task.remote(fn, start, data if isinstance(data, str) else ray.put(data), *shared)
+                for start, data in specs]
+        return ray.get(refs)
+
+
+def _remote_call(fn: Callable[..., Any], start: int, data: ShardData, *args: Any) -> Any:
+    return fn(start, load_shard(data), *args)
+
+
 # --------------------------------------------------------------------------- actors
-def _resolve_model(source: Any) -> LoadedModel:
-    if isinstance(source, LoadedModel):
-        return source
-    if isinstance(source, str):
-        from core import service
-        return service.load_model(source)
-    import ray
-    return ray.get(source[0])          # [ObjectRef]: one object-store copy per actor
-
-
-def _resolve_data(source: Any) -> ImageSet:
-    if isinstance(source, ImageSet):
-        return source
-    if isinstance(source, str):
-        from core import service
-        return service.load_set(source)
-    import ray
-    return ray.get(source[0])
-
-
 class ShardExtractor:
-    """Ray Data actor: builds the model and the image set once, extracts shard rows."""
+    """Ray Data actor: fetches the model and the image set once, extracts shard rows.
 
-    def __init__(self, model: Any, data: Any, layers: list[str], directory: str,
+    ``model`` and ``data`` are one-element lists holding an object-store reference (Ray
+    leaves a reference inside a list alone; the actor fetches it once, here).
+    """
+
+    def __init__(self, model: list, data: list, layers: list[str], directory: str,
                  batch_size: int, device: str, threads: int | None = None):
+        import ray
+
         if threads:                    # Ray sets one intra-op thread per reserved CPU otherwise
             torch.set_num_threads(threads)
-        self.loaded = _resolve_model(model)
-        self.data = _resolve_data(data)
+        self.loaded: LoadedModel = ray.get(model[0])
+        self.data: ImageSet = ray.get(data[0])
         self.layers, self.directory, self.batch_size = layers, Path(directory), batch_size
         self.device = extraction.resolve_device(device)
 
@@ -225,11 +234,6 @@ class ShardExtractor:
         label = extraction.device_label(self.device)
         return {"start": starts, "stop": stops, "shapes": np.array(shapes, dtype=object),
                 "device": np.array([label] * len(starts), dtype=object)}
-
-
-def _ship(ray: Any, source: Any) -> Any:
-    """Ids travel as strings; objects go to the object store once (``[ref]``: not auto-resolved)."""
-    return source if isinstance(source, str) else [ray.put(source)]
 
 
 def _actor_plan(ray: Any, device: str, num_actors: int | None) -> tuple[int, float, str]:
@@ -245,7 +249,7 @@ def _actor_plan(ray: Any, device: str, num_actors: int | None) -> tuple[int, flo
     return int(n), (1.0 if use_gpu else 0.0), ("cuda" if use_gpu else "cpu")
 
 
-def _run_actors(ray: Any, model: Any, data: Any, layers: list[str], directory: Path,
+def _run_actors(ray: Any, model: LoadedModel, data: ImageSet, layers: list[str], directory: Path,
                 ranges: list[tuple[int, int]], batch_size: int, plan: tuple[int, float, str],
                 threads: int | None, progress: extraction.Progress | None, n: int) -> list[dict]:
     _quiet_data(ray)
@@ -253,10 +257,9 @@ def _run_actors(ray: Any, model: Any, data: Any, layers: list[str], directory: P
     items = [{"start": a, "stop": b} for a, b in ranges]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     out = ds.map_batches(ShardExtractor, batch_size=1, num_cpus=1, num_gpus=gpus,
-                         runtime_env={"env_vars": actor_env()},  # model ids resolve as in the driver
+                         runtime_env={"env_vars": actor_env()},  # the driver's Filterscope settings
                          compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
-                         fn_constructor_kwargs={"model": _ship(ray, model),
-                                                "data": _ship(ray, data),
+                         fn_constructor_kwargs={"model": [ray.put(model)], "data": [ray.put(data)],
                                                 "layers": layers, "directory": str(directory),
                                                 "batch_size": batch_size, "device": dev,
                                                 "threads": threads})
@@ -309,7 +312,7 @@ def _drop_unlisted(folder: Path, keep: set[str]) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
-def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
+def extract_ray(loaded: LoadedModel, dataset: ImageSet, layers: Sequence[str], *,
                 address: str | None = None, num_actors: int | None = None, batch_size: int = 128,
                 shard_size: int | None = None, device: str = "auto", threads: int | None = None,
                 root: Path | None = None, progress: extraction.Progress | None = None,
@@ -318,12 +321,11 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
 
     Parameters
     ----------
-    model : str or LoadedModel
-        A model id (``demo:finetuned``, ``tv:alexnet@/w.pth``: each actor builds it) or a
-        built model (put in the object store once; each actor fetches one copy). An id
-        without a weights file (random init) is shipped as the driver's built model.
-    data : str or ImageSet
-        A dataset id (each actor loads it) or an image set object (one object-store copy).
+    loaded : LoadedModel
+        The built model (put in the object store once; each actor fetches one copy, so
+        every actor runs these very weights, random initialisations included).
+    dataset : ImageSet
+        The image set (one object-store copy; each actor reads its shards' images from it).
     layers : sequence of str
     address : str, optional
         A running cluster (``"auto"`` or ``"host:port"``); ``None`` starts a local Ray with
@@ -350,10 +352,7 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
         One :class:`~core.extraction.LayerFeatures` per layer (sharded for the new ones),
         with the fingerprint the local path gives for the same model, data and layer.
     """
-    loaded, dataset = _resolve_model(model), _resolve_data(data)
     layers = extraction.validated_layers(loaded, dataset, layers)
-    if isinstance(model, str) and not loaded.spec.weights.sha256:
-        model = loaded   # random init (no weights file): every actor must get these same weights
     directory = extraction.features_dir(loaded, dataset, root)
     directory.mkdir(parents=True, exist_ok=True)
     have = {} if force else {l: f for l in layers if (f := extraction.open_layer(directory, l)) is not None}
@@ -368,7 +367,7 @@ def extract_ray(model: ModelSource, data: DataSource, layers: Sequence[str], *,
                     else default_shard_size(n, batch_size, plan[0]))
             ranges = shard_ranges(n, size)
             threads = threads or (torch.get_num_threads() if address is None else None)
-            rows = _run_actors(ray, model, data, todo, directory, ranges, batch_size, plan, threads,
+            rows = _run_actors(ray, loaded, dataset, todo, directory, ranges, batch_size, plan, threads,
                                progress, n)
         _check_tiling(rows, ranges)
         info = {"address": address or "local", "num_actors": plan[0], "shard_size": size,
@@ -412,5 +411,5 @@ def benchmark(n: int = 2000, batch_size: int = 128, num_actors: int | None = Non
             "threads_per_actor": threads or torch.get_num_threads(), "cpus": os.cpu_count()}
 
 
-__all__ = ["extract_ray", "benchmark", "ray_session", "require_ray", "shard_ranges", "default_shard_size",
-           "shard_view", "write_shard", "write_manifests", "ShardExtractor"]
+__all__ = ["extract_ray", "benchmark", "map_shards_ray", "ray_session", "require_ray", "shard_ranges",
+           "default_shard_size", "shard_view", "write_shard", "write_manifests", "ShardExtractor"]

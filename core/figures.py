@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import plotly.colors
@@ -486,6 +486,31 @@ def filters_needed_figure(k_values: Any, ap_by_k: Any, full_ap: Any, class_names
     return apply_style(fig, title="How many filters does a class need?",
                        caption=_caption("Fig. 4", "Top-k filters ranked by |SVM weight|; markers: "
                                                   "k for 50% (circle) and 90% (square), Table 5."))
+
+
+def filters_needed_models_figure(results: dict[str, Any], model: str, compare: str | None = None, *,
+                                 label: Callable[[str], str] = str,
+                                 classes: Sequence[int | str] | None = None) -> go.Figure:
+    """:func:`filters_needed_figure` of per-model results: ``model`` solid, ``compare`` dashed.
+
+    Reproduces Fig. 4 (the page's and the report's figure).
+
+    Parameters
+    ----------
+    results : model id -> :func:`core.service.filters_needed` result (``ranking``, ``k50``,
+        ``k90``, ``class_names``), all on one task and layer.
+    model, compare : model ids in ``results``; without ``compare`` one set is drawn, unnamed.
+    label : legend name of a model id (used when comparing).
+    classes : as in :func:`filters_needed_figure`.
+    """
+    main, r = results[model], results[model].ranking
+    other = None
+    if compare:
+        rc = results[compare].ranking
+        other = {"ap_by_k": rc.ap_by_k, "full_ap": rc.full_ap, "k_values": rc.k_values, "label": label(compare)}
+    return filters_needed_figure(r.k_values, r.ap_by_k, r.full_ap, list(main.class_names), k50=main.k50,
+                                 k90=main.k90, classes=classes, compare=other, ranking=r.ranking,
+                                 label=label(model) if compare else "")
 
 
 def _class_indices(classes: Sequence[int | str] | None, names: list[str]) -> list[int]:

@@ -192,15 +192,7 @@ def _needed_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | N
     res = {m: service.filters_needed(m, req.task, req.layer, progress=progress) for m in req.models}
     main = res[req.model]
     names = list(main.class_names)
-    r = main.ranking
-    compare = None
-    if req.compare:
-        rc = res[req.compare].ranking
-        compare = {"ap_by_k": rc.ap_by_k, "full_ap": rc.full_ap, "k_values": rc.k_values,
-                   "label": model_label(req.compare)}
-    fig = figures.filters_needed_figure(r.k_values, r.ap_by_k, r.full_ap, names, k50=main.k50, k90=main.k90,
-                                        compare=compare, ranking=r.ranking,
-                                        label=model_label(req.model) if req.compare else "")
+    fig = figures.filters_needed_models_figure(res, req.model, req.compare, label=model_label)
     rows = {(model_label(m), level): [int(v) for v in getattr(res[m], attr)] for m in req.models
             for level, attr in (("50%", "k50"), ("90%", "k90"))}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=names)

@@ -28,15 +28,7 @@ with guard("the filters-needed curves"):
     if not chosen:
         st.info("Pick at least one class.")
     else:
-        r = main.ranking
-        compare = None
-        if sel.compare:
-            rc = res[sel.compare].ranking
-            compare = {"ap_by_k": rc.ap_by_k, "full_ap": rc.full_ap, "k_values": rc.k_values,
-                       "label": short_label(sel.compare)}
-        fig = figures.filters_needed_figure(r.k_values, r.ap_by_k, r.full_ap, names, k50=main.k50, k90=main.k90,
-                                            classes=chosen, compare=compare, ranking=r.ranking,
-                                            label=short_label(sel.model) if sel.compare else "")
+        fig = figures.filters_needed_models_figure(res, sel.model, sel.compare, label=short_label, classes=chosen)
         figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 4 · {sel.layer} · {task.title} "
                                                      "(train → test split)",
                             stamp=main.provenance.stamp(), presentation=pres)

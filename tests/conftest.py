@@ -153,3 +153,41 @@ def wait_until_healthy(url: str, proc, tries: int, stderr_text) -> None:
             time.sleep(0.5)
     proc.kill()
     pytest.fail("streamlit server did not start: " + stderr_text()[-2000:])
+
+
+# --------------------------------------------------------------------------- VOC-shaped trees
+def voc_xml(image_id: str, w: int, h: int, objects) -> str:
+    """A VOC 2007 annotation; ``objects`` are ``(class, 0-based half-open box, difficult, truncated,
+    colour)`` and are written 1-based inclusive, as the devkit's."""
+    objs = "".join(
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>{trunc}</truncated>"
+        f"<difficult>{diff}</difficult><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for name, (x0, y0, x1, y1), diff, trunc, _ in objects)
+    return (f"<annotation><folder>VOC2007</folder><filename>{image_id}.jpg</filename>"
+            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+            f"<segmented>0</segmented>{objs}</annotation>")
+
+
+def write_voc(root: Path, spec: dict, splits: dict[str, list[str]], background: tuple[int, int, int]) -> Path:
+    """``root/VOCdevkit/VOC2007`` of real JPEGs and XML annotations; returns ``root``.
+
+    ``spec`` maps image ids to ``(width, height, objects)`` with objects as in :func:`voc_xml`:
+    each box is painted in its colour on ``background``. ``splits`` maps split names to image
+    ids (``ImageSets/Main/<split>.txt``).
+    """
+    from PIL import Image
+
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    for image_id, (w, h, objects) in spec.items():
+        a = np.empty((h, w, 3), np.uint8)
+        a[:] = background
+        for _, (x0, y0, x1, y1), _, _, colour in objects:
+            a[y0:y1, x0:x1] = colour
+        Image.fromarray(a).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        (voc / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, w, h, objects))
+    for split, ids in splits.items():
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root

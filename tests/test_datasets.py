@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder, VOCDetection
 
+from conftest import voc_xml, write_voc
 from core import datasets as ds
 from core.datasets import VOC_CLASSES
 from core.errors import DataMissingError, InputError
@@ -36,33 +37,10 @@ VOC_SPEC = {
 SPLITS = {"trainval": ["000001", "000002", "000003"], "test": ["000004"]}
 
 
-def _xml(image_id: str, w: int, h: int, objects) -> str:
-    objs = "".join(
-        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>{trunc}</truncated>"
-        f"<difficult>{diff}</difficult><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
-        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-        for name, (x0, y0, x1, y1), diff, trunc, _ in objects)
-    return (f"<annotation><folder>VOC2007</folder><filename>{image_id}.jpg</filename>"
-            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
-            f"<segmented>0</segmented>{objs}</annotation>")
-
-
 @pytest.fixture
 def voc_root(tmp_path: Path) -> Path:
     """``tmp/VOCdevkit/VOC2007`` with 4 JPEGs: boxes painted in flat colours on blue."""
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (voc / sub).mkdir(parents=True)
-    for image_id, (w, h, objects) in VOC_SPEC.items():
-        a = np.empty((h, w, 3), np.uint8)
-        a[:] = BACKGROUND
-        for _, (x0, y0, x1, y1), _, _, colour in objects:
-            a[y0:y1, x0:x1] = colour
-        Image.fromarray(a).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        (voc / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, w, h, objects))
-    for split, ids in SPLITS.items():
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    return tmp_path
+    return write_voc(tmp_path, VOC_SPEC, SPLITS, BACKGROUND)
 
 
 def _expected_labels(ids, include_difficult: bool) -> np.ndarray:
@@ -243,7 +221,7 @@ def test_voc_malformed_xml(voc_root):
     (ann / "000002.xml").write_text("<annotation><object><name>car</name></object></annotation>")
     with pytest.raises(InputError, match=r"000002.xml.*bndbox"):
         ds.voc_det_gt(voc_root)
-    (ann / "000002.xml").write_text(_xml("000002", 10, 10, [("unicorn", (1, 1, 5, 5), 0, 0, RED)]))
+    (ann / "000002.xml").write_text(voc_xml("000002", 10, 10, [("unicorn", (1, 1, 5, 5), 0, 0, RED)]))
     with pytest.raises(InputError, match="unicorn"):
         ds.voc_det_gt(voc_root)
 

@@ -97,11 +97,11 @@ def test_demo_of_another_config_counts_as_not_built(demo_env, monkeypatch):
 
     assert demo.is_built("tiny")
     monkeypatch.setitem(demo.PROFILES, "tiny", replace(demo.PROFILES["tiny"], seed=5))
-    service._demo_built_at.cache_clear()  # the service remembers the answer per manifest file
+    service.catalog._demo_built_at.cache_clear()  # the service remembers the answer per manifest file
     try:
         assert not demo.is_built("tiny")
         assert "demo:finetuned" not in service.models()
     finally:
         monkeypatch.undo()
-        service._demo_built_at.cache_clear()
+        service.catalog._demo_built_at.cache_clear()
     assert "demo:finetuned" in service.models()

@@ -301,7 +301,7 @@ def test_cli_demo_fashion_reports_missing_package(no_package, monkeypatch, capsy
 def _clear_service_caches() -> None:
     from core import service
 
-    for fn in (service.load_model, service.load_set, service._demo_built_at):
+    for fn in (service.load_model, service.load_set, service.catalog._demo_built_at):
         fn.cache_clear()
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_voc
 from core import detection as det
 from core import extraction
 from core.datasets import RCNN_FILL, VOC_CLASSES, ArrayImageSet, warp_box
@@ -37,29 +38,11 @@ SPLITS = {"trainval": ["000001", "000002", "000003", "000004", "000005", "000006
           "test": ["000007", "000008", "000009", "000010"]}
 
 
-def _xml(image_id, w, h, objects) -> str:
-    objs = "".join(f"<object><name>{n}</name><truncated>0</truncated><difficult>{d}</difficult><bndbox>"
-                   f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-                   for n, (x0, y0, x1, y1), d in objects)
-    return (f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width><height>{h}</height>"
-            f"<depth>3</depth></size>{objs}</annotation>")
-
-
 @pytest.fixture
 def voc_root(tmp_path: Path) -> Path:
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (voc / sub).mkdir(parents=True)
-    for image_id, (w, h, objects) in VOC_SPEC.items():
-        a = np.empty((h, w, 3), np.uint8)
-        a[:] = BG
-        for name, (x0, y0, x1, y1), _ in objects:
-            a[y0:y1, x0:x1] = COLOURS[name]
-        Image.fromarray(a).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        (voc / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, w, h, objects))
-    for split, ids in SPLITS.items():
-        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    return tmp_path
+    """``tmp/VOCdevkit/VOC2007`` with 10 JPEGs: each object painted in its class's colour."""
+    spec = {i: (w, h, [(n, box, d, 0, COLOURS[n]) for n, box, d in objs]) for i, (w, h, objs) in VOC_SPEC.items()}
+    return write_voc(tmp_path, spec, SPLITS, BG)
 
 
 @pytest.fixture

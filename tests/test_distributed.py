@@ -195,17 +195,17 @@ def test_ray_extraction_bit_identical_and_sharded_analyses(small, ray_local, tmp
         assert r.fingerprint == l.fingerprint and r.shape == l.shape
         assert [(s["start"], s["stop"]) for s in r.manifest["shards"]] == [(0, 64), (64, 128), (128, 150)]
         assert set(l.manifest) <= set(r.manifest)
-    lab = np.asarray(data.labels)
+    lab, on_ray = np.asarray(data.labels), distributed.map_shards_ray   # one Ray task per shard
     for layer in ("conv1", "conv5", "fc7"):
         whole = local[layer].array()
-        assert np.array_equal(sharded.entropy_curves_sharded(remote[layer], lab, CLASSES, 50, backend="ray"),
+        assert np.array_equal(sharded.entropy_curves_sharded(remote[layer], lab, CLASSES, 50, map_shards=on_ray),
                               analysis.entropy_curves(whole, lab, CLASSES, 50))
-        assert np.array_equal(sharded.aue_sharded(remote[layer], lab, CLASSES, backend="ray"),
+        assert np.array_equal(sharded.aue_sharded(remote[layer], lab, CLASSES, map_shards=on_ray),
                               analysis.aue(whole, lab, CLASSES))
         scores = analysis.spatial_max(whole).astype(np.float32) if whole.ndim == 4 else whole
-        assert np.array_equal(sharded.class_filter_ap_sharded(remote[layer], lab, CLASSES, backend="ray"),
+        assert np.array_equal(sharded.class_filter_ap_sharded(remote[layer], lab, CLASSES, map_shards=on_ray),
                               analysis.class_filter_ap(scores, lab, CLASSES))
-        got, want = sharded.sparsity_summary_sharded(remote[layer], backend="ray"), analysis.sparsity_summary(whole)
+        got, want = sharded.sparsity_summary_sharded(remote[layer], map_shards=on_ray), analysis.sparsity_summary(whole)
         assert abs(got["mean"] - want["mean"]) <= 1e-12 and abs(got["std"] - want["std"]) <= 1e-12
     # a sharded layer read back through open_layer works with the existing analyses
     back = extraction.load_features(lm, data, "conv5", root=tmp_path / "ray")
@@ -228,8 +228,9 @@ def test_ray_shard_size_not_a_multiple_of_the_batch(small, ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_ray_backend_through_the_service(demo_env, ray_local):
-    """service.extract_all(backend="ray") with ids (actors build the demo net themselves);
-    service analyses then read the sharded layer; equal to a local extraction's."""
+    """service.extract_all(backend="ray") with ids (the service builds the demo net, the actors
+    get it through the object store); service analyses then read the sharded layer; equal to a
+    local extraction's."""
     from core import service
 
     model, dataset = "demo:scratch", "demo:target-test-detgt"

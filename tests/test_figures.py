@@ -207,6 +207,28 @@ def test_filters_needed_figure(rng):
         F.filters_needed_figure(ks, ap, full, NAMES, k50=k50, k90=k90, classes=["zebra"])
 
 
+def test_filters_needed_models_figure_is_the_figure_of_the_results(rng):
+    """The page's and the report's Fig. 4 from per-model results: the second model dashed, named by ``label``."""
+    from types import SimpleNamespace
+
+    ks, full = np.array([1, 2, 4]), np.array([0.8, 0.5, 0.6, 0.4, 0.9])
+
+    def result(scale: float):
+        ranking = SimpleNamespace(k_values=ks, ap_by_k=full[:, None] * scale * np.array([0.4, 0.7, 1.0]),
+                                  full_ap=full, ranking=np.stack([rng.permutation(4) for _ in range(5)]))
+        return SimpleNamespace(ranking=ranking, k50=np.full(5, 2), k90=np.full(5, 4), class_names=tuple(NAMES))
+
+    res = {"demo:finetuned": result(1.0), "demo:pretrained": result(0.5)}
+    fig = F.filters_needed_models_figure(res, "demo:finetuned", "demo:pretrained", label=str.upper, classes=[0])
+    ft, pre = res["demo:finetuned"].ranking, res["demo:pretrained"].ranking
+    want = F.filters_needed_figure(ks, ft.ap_by_k, full, NAMES, k50=np.full(5, 2), k90=np.full(5, 4), classes=[0],
+                                   compare={"ap_by_k": pre.ap_by_k, "full_ap": full, "k_values": ks,
+                                            "label": "DEMO:PRETRAINED"}, ranking=ft.ranking, label="DEMO:FINETUNED")
+    assert fig.to_json() == want.to_json()
+    alone = F.filters_needed_models_figure(res, "demo:finetuned", None, label=str.upper)
+    assert [t.name for t in alone.data if t.mode == "lines"] == NAMES    # one set: no model in the names
+
+
 def test_overlap_figure_reorders_exactly(rng):
     m = rng.uniform(0, 1, (5, 5))
     order = np.array([3, 0, 4, 1, 2])

@@ -15,7 +15,7 @@ LIGHT = detection.DetectionConfig(proposals="windows", max_proposals=40, max_tra
 def light(demo_env, monkeypatch):
     from core import service
 
-    monkeypatch.setattr(service, "DEMO_DETECTION", LIGHT)
+    monkeypatch.setattr(service.detection_tasks, "DEMO_DETECTION", LIGHT)  # read by detection_config
     return service
 
 

@@ -12,17 +12,18 @@ from PIL import Image
 from conftest import app_test
 from core import service
 from core.errors import InputError
+from core.service import catalog
 from test_datasets import voc_root  # noqa: F401  (the VOC-shaped fixture)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_registry():
     """Registrations are process-wide: restore them after each test."""
-    saved = (dict(service._MODELS), dict(service._TASKS), dict(service._ENV_STATE))
+    saved = (dict(catalog._MODELS), dict(catalog._TASKS), dict(catalog._ENV_STATE))
     yield
-    service._MODELS.clear(), service._MODELS.update(saved[0])
-    service._TASKS.clear(), service._TASKS.update(saved[1])
-    service._ENV_STATE.clear(), service._ENV_STATE.update(saved[2])
+    catalog._MODELS.clear(), catalog._MODELS.update(saved[0])
+    catalog._TASKS.clear(), catalog._TASKS.update(saved[1])
+    catalog._ENV_STATE.clear(), catalog._ENV_STATE.update(saved[2])
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,8 @@ def test_environment_registers_and_reports_problems(weights, tmp_path):
     env = {"FILTERSCOPE_MODELS": f"tv:squeezenet1_1@{weights}, tv:nope",
            "FILTERSCOPE_IMAGEFOLDER": str(tmp_path / "pets"), "FILTERSCOPE_VOC": str(tmp_path / "no-voc")}
     errors = service.configure_from_env(env)
-    assert f"tv:squeezenet1_1@{weights}" in service._MODELS
-    assert "imagefolder-pets" in service._TASKS
+    assert f"tv:squeezenet1_1@{weights}" in catalog._MODELS
+    assert "imagefolder-pets" in catalog._TASKS
     assert len(errors) == 2
     assert any("tv:nope" in e and "unknown torchvision" in e for e in errors)
     assert any(e.startswith("FILTERSCOPE_VOC=") for e in errors)

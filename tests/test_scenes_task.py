@@ -153,5 +153,5 @@ def test_register_sun397_uses_official_partitions(sun_root, tmp_cache):
 
     t = service.register_sun397(str(sun_root))
     assert service.task("sun397").kind == "scene" and t.paper == "SUN-CLS"
-    parts = service._scene_partitions(t, 12)
+    parts = service.scene_tasks._scene_partitions(t, 12)
     assert parts is not None and len(parts) == 1 and (parts[0] == 2).sum() == 3

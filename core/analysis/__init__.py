@@ -22,7 +22,7 @@ from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve
                                             shuffled_label_ap)
 from core.analysis.selectivity import aue, entropy_curves, selectivity_curve, shuffled_label_aue
 from core.analysis.sparsity import class_nonzero_fraction, nonzero_fraction, sparsity_summary
-from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins, Ray backend)
+from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins)
 from core.analysis.sharded import __all__ as _SHARDED
 from core.analysis.svm_ranking import (PAPER_K, FilterRankingResult, LinearMapResult,
                                        SVMConfig, filters_needed, grandmother_cells, linear_map,

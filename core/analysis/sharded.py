@@ -10,15 +10,15 @@ rounding (<= 1e-12) for the additive sparsity moments.
 
 Shards are given as a stored layer (anything with ``.shards()``, e.g.
 :class:`core.extraction.LayerFeatures`), a sequence of arrays (consecutive row blocks)
-or of ``(start, array)`` pairs. The per-shard part runs in this process, one shard at
-a time (``backend="local"``), or as one Ray task per shard (``backend="ray"``: stored
-shards travel as file paths, arrays through the object store); the small per-shard
-results are merged here.
+or of ``(start, array)`` pairs. The per-shard part runs through the map step the caller
+passes as ``map_shards``: by default :func:`map_local` (in this process, one shard at a
+time); :func:`core.distributed.map_shards_ray` runs one Ray task per shard. The small
+per-shard results are merged here. This module knows nothing of Ray.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ def shard_specs(shards: Any) -> list[tuple[int, ShardData]]:
     return specs
 
 
-def _load(data: ShardData) -> np.ndarray:
+def load_shard(data: ShardData) -> np.ndarray:
+    """A shard's rows: a ``.npy`` path memory-mapped, or the array itself."""
     return np.load(data, mmap_mode="r") if isinstance(data, str) else np.asarray(data)
 
 
@@ -74,29 +75,16 @@ def _check_tiling(starts: Sequence[int], lengths: Sequence[int]) -> int:
     return stop
 
 
-def map_shards(fn: Callable[..., Any], shards: Any, *args: Any, backend: str = "local") -> list[Any]:
-    """``[fn(start, shard_array, *args) for each shard]`` in order, here or as Ray tasks.
-
-    ``fn`` must be a module-level function (Ray pickles it by reference). With
-    ``backend="ray"`` an initialised Ray is used, else a local one is started.
-    """
-    specs = shard_specs(shards)
-    if backend == "local":
-        return [fn(start, _load(data), *args) for start, data in specs]
-    if backend != "ray":
-        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
-    from core.distributed import ray_session
-
-    with ray_session() as ray:
-        task = ray.remote(num_cpus=1)(_remote_call)
-        shared = [ray.put(a) for a in args]   # one object-store copy of labels etc.
-        refs = [task.remote(fn, start, data if isinstance(data, str) else ray.put(data), *shared)
-                for start, data in specs]
-        return ray.get(refs)
+#: The map step of every reducer here: ``map_shards(fn, specs, *args)`` returns
+#: ``[fn(start, rows, *args) for start, data in specs]`` in order, where ``specs`` come
+#: from :func:`shard_specs` and ``rows`` is ``load_shard(data)``. ``fn`` is a module-level
+#: function of this module, so a map step may ship it to other processes by reference.
+MapShards = Callable[..., list[Any]]
 
 
-def _remote_call(fn: Callable[..., Any], start: int, data: ShardData, *args: Any) -> Any:
-    return fn(start, _load(data), *args)
+def map_local(fn: Callable[..., Any], specs: Sequence[tuple[int, ShardData]], *args: Any) -> list[Any]:
+    """The default map step: each shard in this process, one at a time."""
+    return [fn(start, load_shard(data), *args) for start, data in specs]
 
 
 # --------------------------------------------------------------------------- selectivity
@@ -139,7 +127,7 @@ def _shard_counts(start: int, x: np.ndarray, labels: np.ndarray, num_classes: in
 
 
 def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int = 100,
-                           *, backend: str = "local") -> np.ndarray:
+                           *, map_shards: MapShards = map_local) -> np.ndarray:
     """Entropy curves of a layer stored in shards; equal to :func:`entropy_curves` on the whole.
 
     Reproduces: Appendix, Fig. 1, as :func:`core.analysis.selectivity.entropy_curves`.
@@ -156,7 +144,9 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
     labels : ``[N]`` ints in ``[0, num_classes)``
     num_classes, num_thresholds
         As in :func:`entropy_curves`.
-    backend : ``"local"`` (one shard at a time here) or ``"ray"`` (one task per shard)
+    map_shards : MapShards
+        The per-shard map step (default :func:`map_local`; one Ray task per shard with
+        :func:`core.distributed.map_shards_ray`).
 
     Returns
     -------
@@ -164,24 +154,25 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
     """
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
         raise InputError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
-    ext = map_shards(_shard_minmax, shards, backend=backend)
+    specs = shard_specs(shards)
+    ext = map_shards(_shard_minmax, specs)
     n = _check_tiling([e[0] for e in ext], [e[1] for e in ext])
     lab = int_labels(labels, n, num_classes, torch.device("cpu")).numpy()
     lo = np.min(np.stack([e[2] for e in ext]), axis=0)
     hi = np.max(np.stack([e[3] for e in ext]), axis=0)
     thr = _thresholds(torch.from_numpy(lo), torch.from_numpy(hi), int(num_thresholds)).numpy()
-    counts = map_shards(_shard_counts, shards, lab, int(num_classes), thr, backend=backend)
+    counts = map_shards(_shard_counts, specs, lab, int(num_classes), thr)
     return _entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()
 
 
 def aue_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int = 100, *,
-                backend: str = "local") -> np.ndarray:
+                map_shards: MapShards = map_local) -> np.ndarray:
     """AuE ``[F]`` from :func:`entropy_curves_sharded`; equal to :func:`aue` on the whole.
 
     Reproduces: Appendix (AuE), as :func:`core.analysis.selectivity.aue`.
     """
     return _trapezoid(entropy_curves_sharded(shards, labels, num_classes, num_thresholds,
-                                             backend=backend))
+                                             map_shards=map_shards))
 
 
 # --------------------------------------------------------------------------- average precision
@@ -242,13 +233,13 @@ def _ap_from_sorted(vals: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.n
 
 
 def class_filter_ap_sharded(shards: Any, labels: Any, num_classes: int | None = None, *,
-                            backend: str = "local") -> np.ndarray:
+                            map_shards: MapShards = map_local) -> np.ndarray:
     """Single-filter AP per class ``[C, F]``; equal to :func:`class_filter_ap` on the whole.
 
     Reproduces: Sec. 4.1, as :func:`core.analysis.precision_recall.class_filter_ap`
     (scores of conv maps are their spatial maximum, Sec. 4).
 
-    Each shard's scores are sorted per filter (per shard, or one Ray task per shard);
+    Each shard's scores are sorted per filter (in the map step, one call per shard);
     the sorted runs are merged here and AP is read off the merged order, with tied
     scores forming one threshold as in scikit-learn. Only the pooled scores ``[N, F]``
     are held at once, never the feature maps.
@@ -258,13 +249,14 @@ def class_filter_ap_sharded(shards: Any, labels: Any, num_classes: int | None = 
     shards : stored layer, sequence of arrays or of ``(start, array)``
     labels : ``[N]`` ints or ``[N, C]`` bool multi-label matrix
     num_classes : int, optional
-    backend : ``"local"`` or ``"ray"``
+    map_shards : MapShards
+        As in :func:`entropy_curves_sharded`.
 
     Returns
     -------
     numpy.ndarray, float64, ``[C, F]`` (0.0 with a ``UserWarning`` for a class without positives)
     """
-    parts = map_shards(_shard_sorted, shards, backend=backend)
+    parts = map_shards(_shard_sorted, shard_specs(shards))
     n = _check_tiling([p[0] for p in parts], [p[1].shape[1] for p in parts])
     pos = positives_matrix(labels, n, num_classes, torch.device("cpu")).numpy()
     missing = int((~pos.any(0)).sum())
@@ -285,12 +277,12 @@ def _shard_fraction(start: int, x: np.ndarray) -> tuple[int, np.ndarray]:
     return start, (flat != 0).sum(1).astype(np.float64) / flat.shape[1]
 
 
-def nonzero_fraction_sharded(shards: Any, *, backend: str = "local") -> np.ndarray:
+def nonzero_fraction_sharded(shards: Any, *, map_shards: MapShards = map_local) -> np.ndarray:
     """Per-item non-zero fraction ``[N]``: per shard, concatenated (equal to :func:`nonzero_fraction`).
 
     Reproduces: Table 6 (per-image sparsity).
     """
-    parts = map_shards(_shard_fraction, shards, backend=backend)
+    parts = map_shards(_shard_fraction, shard_specs(shards))
     _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
     return np.concatenate([p[1] for p in parts])
 
@@ -307,13 +299,13 @@ def _merge_moments(a: tuple[int, float, float], b: tuple[int, float, float]) -> 
     return n, a[1] + d * b[0] / n, a[2] + b[2] + d * d * a[0] * b[0] / n
 
 
-def sparsity_summary_sharded(shards: Any, *, backend: str = "local") -> dict[str, float]:
+def sparsity_summary_sharded(shards: Any, *, map_shards: MapShards = map_local) -> dict[str, float]:
     """Mean and population std of the per-item non-zero fraction from additive per-shard moments.
 
     Reproduces: Table 6, as :func:`core.analysis.sparsity.sparsity_summary` (equal to
     rounding, <= 1e-12: the moments are summed in another order).
     """
-    parts = map_shards(_shard_fraction, shards, backend=backend)
+    parts = map_shards(_shard_fraction, shard_specs(shards))
     _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
     total = _moments(parts[0][1])
     for p in parts[1:]:
@@ -322,12 +314,12 @@ def sparsity_summary_sharded(shards: Any, *, backend: str = "local") -> dict[str
 
 
 def class_nonzero_fraction_sharded(shards: Any, labels: Any, num_classes: int | None = None, *,
-                                   backend: str = "local") -> np.ndarray:
+                                   map_shards: MapShards = map_local) -> np.ndarray:
     """Mean non-zero fraction per class ``[C]`` (NaN without samples) from additive per-shard sums.
 
     Reproduces: as :func:`core.analysis.sparsity.class_nonzero_fraction` (equal to rounding).
     """
-    parts = map_shards(_shard_fraction, shards, backend=backend)
+    parts = map_shards(_shard_fraction, shard_specs(shards))
     n = _check_tiling([p[0] for p in parts], [len(p[1]) for p in parts])
     pos = positives_matrix(labels, n, num_classes, torch.device("cpu")).numpy()
     sums = sum((pos[s:s + len(fr)] * fr[:, None]).sum(0) for s, fr in parts)
@@ -355,7 +347,7 @@ def _shard_ablate(start: int, x: np.ndarray, name: str, perms: np.ndarray | None
 
 
 def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
-                              backend: str = "local") -> np.ndarray:
+                              map_shards: MapShards = map_local) -> np.ndarray:
     """The ablated feature matrix ``[N, D]`` of Table 7, built shard by shard.
 
     Reproduces: Sec. 5 (binarize, sp-max, sp-shuffle), equal to
@@ -371,13 +363,13 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
     specs = shard_specs(shards)
     perms = None
     if name == "sp-shuffle":
-        first = _load(specs[0][1])
-        n = sum(len(_load(d)) for _, d in specs)
+        first = load_shard(specs[0][1])
+        n = sum(len(load_shard(d)) for _, d in specs)
         if first.ndim != 4:
             raise InputError(f"sp-shuffle needs conv maps [N, C, H, W], got {first.ndim}-D features")
         g, hw = cpu_generator(seed), first.shape[2] * first.shape[3]
         perms = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).numpy()
-    parts = map_shards(_shard_ablate, specs, name, perms, backend=backend)
+    parts = map_shards(_shard_ablate, specs, name, perms)
     return np.concatenate(parts)
 
 
