@@ -37,8 +37,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets import VOCDetection
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
 
 from core.config import stable_hash
 from core.errors import DataMissingError, InputError
@@ -232,6 +230,8 @@ def _check_split(split: str, year: str) -> None:
 def _xml_objects(xml_path: Path, raw: bytes) -> tuple[VOCObject, ...]:
     """Objects of one annotation file, parsed with ``VOCDetection.parse_voc_xml`` (same dict as
     ``VOCDetection(...)[i][1]``)."""
+    from torchvision.datasets import VOCDetection  # here: importing torchvision costs ~2 s (torch._dynamo)
+
     try:
         ann = VOCDetection.parse_voc_xml(ET.fromstring(raw))["annotation"]
     except (ET.ParseError, KeyError, TypeError) as exc:
@@ -470,6 +470,8 @@ def image_folder(root: PathLike, split: str | None = None) -> ImageFolderSet:
         also = f" (sub-folders of {folder.parent}: {have})" if split else ""
         raise DataMissingError(f"image folder {folder} does not exist{also}. Pass a folder holding "
                                "one sub-folder of images per class.")
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+
     try:
         classes, class_to_idx = find_classes(folder)
     except FileNotFoundError:

@@ -100,10 +100,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
-    """``streamlit run app.py`` over the tiny demo in ``cache`` on a free port, as ``make run``
+def launch_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
+    """Start ``streamlit run app.py`` over the tiny demo in ``cache`` on a free port, as ``make run``
     would but headless and without the file watcher; output to ``log_path`` (a file, not a
-    pipe: a chatty server must never block on it). Returns the process and its url, once healthy."""
+    pipe: a chatty server must never block on it). Returns the process and its url at once."""
     import subprocess
 
     port = free_port()
@@ -114,7 +114,12 @@ def start_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
                                  "--server.headless", "true", "--browser.gatherUsageStats", "false",
                                  "--server.fileWatcherType", "none"],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
+    """:func:`launch_server`, returned once the server answers its health check."""
+    proc, url = launch_server(cache, log_path)
     wait_until_healthy(url, proc, 120, lambda: log_path.read_text(errors="replace"))
     return proc, url
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, start_server, stop_server
+from conftest import ROOT, launch_server, stop_server, wait_until_healthy
 
 
 def _nav_paths() -> list[str]:
@@ -88,8 +88,10 @@ def test_deep_links_as_first_session_of_a_fresh_server(demo_env, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         for batch in (PAGES[i:i + 5] for i in range(0, len(PAGES), 5)):
-            servers = {name: start_server(demo_env, tmp_path / f"{name}.log") for name in batch}
+            servers = {name: launch_server(demo_env, tmp_path / f"{name}.log") for name in batch}
             try:
+                for name, (proc, url) in servers.items():
+                    wait_until_healthy(url, proc, 120, (tmp_path / f"{name}.log").read_text)
                 pages = {}
                 for name, (_, url) in servers.items():  # every server's first session starts at once
                     pages[name] = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -101,6 +103,8 @@ def test_deep_links_as_first_session_of_a_fresh_server(demo_env, tmp_path):
                     _check_landed(page, servers[name][1], name, titles, "first session")
                     page.close()
             finally:
+                for proc, _ in servers.values():
+                    proc.terminate()   # all at once: each takes a few seconds to wind down
                 for proc, _ in servers.values():
                     stop_server(proc)
         browser.close()
