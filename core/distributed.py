@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from core import extraction
-from core.analysis.sharded import ShardData, load_shard
+from core.analysis.sharded import ShardData, StoredShard, load_shard
 from core.config import cache_root
 from core.datasets import ArrayImageSet, ImageSet
 from core.errors import CacheCorruptError, InputError
@@ -165,8 +165,9 @@ def shard_file(layer: str, start: int, stop: int) -> str:
 
 
 def write_shard(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], directory: Path,
-                start: int, stop: int, device: torch.device, batch_size: int) -> dict[str, list[int]]:
-    """Extract items ``start:stop`` and write one shard file per layer; returns their shapes.
+                start: int, stop: int, device: torch.device, batch_size: int) -> dict[str, dict]:
+    """Extract items ``start:stop`` and write one shard file per layer (and a conv layer's
+    maxima beside it); returns per layer its logical ``shape``, stored ``layout`` and ``maxima``.
 
     Uses the local pipeline (:func:`core.extraction._run_forward`) into a private temp
     folder, then renames each file into place, so a killed actor leaves no partial shard.
@@ -174,15 +175,14 @@ def write_shard(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], dire
     tmp = directory / f".shard-{start}-{stop}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        paths = extraction._run_forward(loaded, shard_view(data, start, stop), list(layers), tmp,
-                                        device, batch_size, 0, None)
-        shapes = {}
-        for layer, path in paths.items():
+        written = extraction._run_forward(loaded, shard_view(data, start, stop), list(layers), tmp,
+                                          device, batch_size, 0, None)
+        out = {}
+        for layer, w in written.items():
             final = directory / shard_file(layer, start, stop)
             final.parent.mkdir(exist_ok=True)
-            os.replace(path, final)
-            shapes[layer] = list(np.load(final, mmap_mode="r").shape)
-        return shapes
+            out[layer] = {"shape": extraction.place(w, final), "layout": w.layout, "maxima": w.maxima is not None}
+        return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -198,7 +198,7 @@ def map_shards_ray(fn: Callable[..., Any], specs: Sequence[tuple[int, ShardData]
     with ray_session() as ray:
         task = ray.remote(num_cpus=1)(_remote_call)
         shared = [ray.put(a) for a in args]   # one object-store copy of labels etc.
-        refs = [task.remote(fn, start, data if isinstance(data, str) else ray.put(data), *shared)
+        refs = [task.remote(fn, start, data if isinstance(data, (str, StoredShard)) else ray.put(data), *shared)
                 for start, data in specs]
         return ray.get(refs)
 
@@ -286,18 +286,22 @@ def write_manifests(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], 
     prov = {**extraction._provenance(loaded, data, torch.device("cpu")), "device": ", ".join(devices)}
     out = {}
     for layer in layers:
-        shapes = [json.loads(r["shapes"])[layer] for r in rows]
-        shape = [sum(s[0] for s in shapes), *shapes[0][1:]]
-        shards = [{"start": int(r["start"]), "stop": int(r["stop"]),
-                   "file": shard_file(layer, int(r["start"]), int(r["stop"]))} for r in rows]
+        parts = [json.loads(r["shapes"])[layer] for r in rows]
+        shape = [sum(part["shape"][0] for part in parts), *parts[0]["shape"][1:]]
+        shards = [{"start": int(r["start"]), "stop": int(r["stop"]), "layout": part["layout"],
+                   "maxima": part["maxima"], "file": shard_file(layer, int(r["start"]), int(r["stop"]))}
+                  for r, part in zip(rows, parts)]
         manifest = {**prov, "format": extraction.FORMAT_VERSION, "layer": layer, "shape": shape,
-                    "dtype": "float16", "fingerprint": extraction.layer_fingerprint(loaded, data, layer, shape),
+                    "dtype": "float16", "layout": parts[0]["layout"], "maxima": all(p["maxima"] for p in parts),
+                    "fingerprint": extraction.layer_fingerprint(loaded, data, layer, shape),
                     "backend": "ray", "ray": info, "shards": shards}
         mtmp = directory / f".{layer}.json.tmp-{os.getpid()}"
         mtmp.write_text(json.dumps(manifest, indent=1))
         os.replace(mtmp, directory / f"{layer}.json")
-        (directory / f"{layer}.npy").unlink(missing_ok=True)   # a local copy would now be stale
-        _drop_unlisted(directory / f"{layer}.shards", {Path(s["file"]).name for s in shards})
+        for stale in (directory / f"{layer}.npy", extraction.maxima_file(directory / f"{layer}.npy")):
+            stale.unlink(missing_ok=True)   # a local copy would now be stale
+        _drop_unlisted(directory / f"{layer}.shards", {name for s in shards for name in (
+            Path(s["file"]).name, extraction.maxima_file(Path(s["file"])).name)})
         opened = extraction.open_layer(directory, layer)
         if opened is None:
             raise CacheCorruptError(f"the sharded layer {layer} in {directory} did not open after writing")

@@ -1,9 +1,18 @@
 """Batched forward passes with hooks -> the on-disk feature store.
 
-Several layers in one pass; conv maps stored whole ([N, C, H, W]) as float16 ``.npy``
-files (memory-mapped on read) written atomically (temp file + rename) with a JSON
-manifest carrying provenance. Memory stays bounded: each batch is appended to its
-file as soon as it is computed, so datasets larger than RAM stream to disk.
+Several layers in one pass; conv maps stored whole as float16 ``.npy`` files
+(memory-mapped on read) written atomically (temp file + rename) with a JSON manifest
+carrying provenance. Memory stays bounded: each batch is appended to its file as soon
+as it is computed, so datasets larger than RAM stream to disk.
+
+Store format 2 keeps a conv map's bytes in the layout the network produced: ``NHWC``
+when it runs channels-last (the demo network on the CPU), else ``NCHW`` (manifest key
+``layout``), so the hook's copy is a straight float16 conversion, never a transpose.
+Every reader sees the logical ``[N, C, H, W]`` view (:meth:`LayerFeatures.array`).
+Beside each conv map lie its spatial maxima ``[N, C]`` (``<layer>.max.npy``, the
+paper's Sec. 4 pooled features), taken from the same float16 values in the same pass,
+so the pooled analyses never re-read the maps. Format 1 stores (``NCHW``, no maxima)
+are read as they are; an unknown format is dropped with a warning and re-extracted.
 """
 from __future__ import annotations
 
@@ -27,25 +36,38 @@ from core.errors import CacheCorruptError, InputError
 from core.models import LoadedModel
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 Progress = Callable[[int, int, str], None]
 
 
 # --------------------------------------------------------------------------- hooks
+def channels_last(t: torch.Tensor | np.ndarray) -> bool:
+    """True for a 4-D ``[N, C, H, W]`` tensor or array whose bytes are ``NHWC`` (and not also ``NCHW``)."""
+    if t.ndim != 4:
+        return False
+    if isinstance(t, np.ndarray):
+        return not t.flags.c_contiguous and t.transpose(0, 2, 3, 1).flags.c_contiguous
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _detached_copy(out: torch.Tensor, dtype: torch.dtype,
                    buffers: dict[str, torch.Tensor] | None = None, key: str = "") -> torch.Tensor:
-    """A contiguous copy of ``out`` converted to ``dtype``.
+    """A dense copy of ``out`` converted to ``dtype``, in ``out``'s memory layout: a
+    channels-last output stays channels-last (one straight converting copy, no transpose).
 
     With ``buffers`` (CPU only) the copy lands in ``buffers[key]``, allocated once and
     reused by every later batch: a fresh multi-MB tensor per batch costs a page fault per
     4 KiB, three times the copy itself (measured on the 2-core machine).
     """
     src = out.detach()
+    fmt = torch.channels_last if channels_last(src) else torch.contiguous_format
     if buffers is None or src.device.type != "cpu" or src.dim() == 0:
-        return src.to(dtype, memory_format=torch.contiguous_format, copy=True)
+        return src.to(dtype, memory_format=fmt, copy=True)
     buf = buffers.get(key)
-    if buf is None or buf.dtype != dtype or buf.shape[1:] != src.shape[1:] or len(buf) < len(src):
-        buf = buffers[key] = torch.empty(src.shape, dtype=dtype)
+    if (buf is None or buf.dtype != dtype or buf.shape[1:] != src.shape[1:] or len(buf) < len(src)
+            or not buf.is_contiguous(memory_format=fmt)):
+        buf = buffers[key] = torch.empty(src.shape, dtype=dtype, memory_format=fmt)
     dst = buf[:len(src)]
     dst.copy_(src)
     return dst
@@ -57,8 +79,9 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
     """Register forward hooks on ``layers``; yields a dict filled with each forward's outputs.
 
     Hooks are removed on exit, also when the body raises. Outputs are detached and
-    copied (torchvision's in-place ReLUs would otherwise alias them), contiguous, and
-    converted to ``dtype`` in the same copy when given. ``reuse=True`` copies CPU outputs
+    copied (torchvision's in-place ReLUs would otherwise alias them), dense in the layout
+    the network produced (:func:`channels_last` tells which), and converted to ``dtype``
+    in the same copy when given. ``reuse=True`` copies CPU outputs
     into one buffer per layer that the next forward overwrites: the caller must be done
     with a batch's outputs before it runs the next one.
     """
@@ -236,9 +259,24 @@ def features_dir(loaded: LoadedModel, data: ImageSet, root: Path | None = None) 
     return base / model_key(loaded) / f"{data.name.replace(':', '-').replace('/', '-')}-{data.fingerprint[:10]}"
 
 
+def logical(stored: np.ndarray, layout: str) -> np.ndarray:
+    """The ``[N, C, H, W]`` view of maps stored in ``layout`` (``NHWC`` or ``NCHW``); no copy."""
+    return stored.transpose(0, 3, 1, 2) if layout == "NHWC" else stored
+
+
+def stored_shape(shape: Sequence[int], layout: str) -> list[int]:
+    """Shape of the file holding a ``[N, C, H, W]`` layer ``shape`` in ``layout``."""
+    return [shape[0], *shape[2:], shape[1]] if layout == "NHWC" else list(shape)
+
+
+def maxima_file(maps: Path) -> Path:
+    """``conv5.npy`` -> ``conv5.max.npy``: the spatial maxima stored beside a conv map."""
+    return maps.with_name(f"{maps.stem}.max.npy")
+
+
 @dataclass(frozen=True)
 class LayerFeatures:
-    """One stored layer: a read-only memmap ``[N, ...]`` float16 and its manifest."""
+    """One stored layer: read-only float16 ``[N, ...]`` (a memmap view) and its manifest."""
 
     path: Path
     manifest: dict
@@ -248,19 +286,48 @@ class LayerFeatures:
         """True for a layer stored as shards (the Ray backend); ``path`` is then its shard folder."""
         return "shards" in self.manifest
 
+    @property
+    def layout(self) -> str:
+        """Byte order of the stored maps: ``NHWC`` or ``NCHW`` (format 1, vector layers)."""
+        return self.manifest.get("layout", "NCHW")
+
     def array(self) -> np.ndarray:
-        """The whole ``[N, ...]`` array: a memmap, or the shards concatenated in memory."""
+        """The whole logical ``[N, C, H, W]`` (or ``[N, F]``) array: a view of the memmap, or
+        the shards concatenated in memory."""
         if not self.sharded:
-            return np.load(self.path, mmap_mode="r")
+            return logical(np.load(self.path, mmap_mode="r"), self.layout)
         return np.concatenate([a for _, a in self.shards()])
 
     def shards(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, memmap)`` per shard in order, one open at a time (one shard for a local layer)."""
+        """``(start, logical view)`` per shard in order, one open at a time (one shard for a local layer)."""
         if not self.sharded:
             yield 0, self.array()
             return
         for s in self.manifest["shards"]:
-            yield int(s["start"]), np.load(self.path.parent / s["file"], mmap_mode="r")
+            stored = np.load(self.path.parent / s["file"], mmap_mode="r")
+            yield int(s["start"]), logical(stored, s.get("layout", self.layout))
+
+    def maxima(self) -> np.ndarray:
+        """Spatially max-pooled features ``[N, C]`` float16 (Sec. 4); a vector layer as it is.
+
+        Read from the file stored beside the maps in the same pass (format 2); taken from
+        the maps, chunk by chunk, for a format-1 store or shards without that file. The
+        same numbers either way: the maximum of float16 values is one of them.
+        """
+        if len(self.shape) != 4:
+            return self.array()
+        if not self.sharded:
+            if self.manifest.get("maxima"):
+                return np.load(maxima_file(self.path), mmap_mode="r")
+            return _max_pool(self.array())
+        parts = []
+        for s in self.manifest["shards"]:
+            if s.get("maxima"):
+                parts.append(np.load(maxima_file(self.path.parent / s["file"]), mmap_mode="r"))
+            else:
+                stored = np.load(self.path.parent / s["file"], mmap_mode="r")
+                parts.append(_max_pool(logical(stored, s.get("layout", self.layout))))
+        return np.concatenate(parts)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -271,8 +338,35 @@ class LayerFeatures:
         return self.manifest["fingerprint"]
 
 
+def _max_pool(maps: np.ndarray, chunk_bytes: int = 64 * 2**20) -> np.ndarray:
+    """``[N, C, H, W]`` (any strides) -> ``[N, C]`` maxima over H and W, a bounded slab of rows at a time."""
+    step = max(1, chunk_bytes // max(1, maps[:1].nbytes))
+    return np.concatenate([maps[i:i + step].max(axis=(2, 3)) for i in range(0, len(maps), step)])
+
+
 def _manifest_path(npy: Path) -> Path:
     return npy.with_suffix(".json")
+
+
+def _check_format(manifest: dict) -> None:
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise CacheCorruptError(f"written in store format {manifest.get('format')}; this version reads formats "
+                                f"{', '.join(map(str, READABLE_FORMATS))}")
+
+
+def _check_maps(npy: Path, shape: Sequence[int], layout: str, maxima: bool) -> None:
+    """``npy`` holds float16 ``shape`` (logical) in ``layout``; its maxima file, when listed, ``shape[:2]``."""
+    if layout not in ("NCHW", "NHWC") or (layout == "NHWC" and len(shape) != 4):
+        raise CacheCorruptError(f"layout {layout!r} for shape {list(shape)}")
+    arr = np.load(npy, mmap_mode="r")
+    if list(arr.shape) != stored_shape(shape, layout) or arr.dtype != np.float16:
+        raise CacheCorruptError(f"{npy.name} is {arr.dtype} {list(arr.shape)}, expected float16 "
+                                f"{stored_shape(shape, layout)} ({layout})")
+    if maxima:
+        mx = np.load(maxima_file(npy), mmap_mode="r")
+        if list(mx.shape) != list(shape[:2]) or mx.dtype != np.float16:
+            raise CacheCorruptError(f"{maxima_file(npy).name} is {mx.dtype} {list(mx.shape)}, expected "
+                                    f"float16 {list(shape[:2])}")
 
 
 def _open_sharded(directory: Path, layer: str, manifest: dict) -> LayerFeatures | None:
@@ -280,19 +374,17 @@ def _open_sharded(directory: Path, layer: str, manifest: dict) -> LayerFeatures 
     folder = directory / f"{layer}.shards"
     try:
         shape, stop = manifest["shape"], 0
-        if manifest.get("format") != FORMAT_VERSION:
-            raise CacheCorruptError(f"format {manifest.get('format')} != {FORMAT_VERSION}")
+        _check_format(manifest)
         for s in manifest["shards"]:
-            arr = np.load(directory / s["file"], mmap_mode="r")
-            if s["start"] != stop or list(arr.shape) != [s["stop"] - s["start"], *shape[1:]] \
-                    or arr.dtype != np.float16:
-                raise CacheCorruptError(f"shard {s['file']} is {arr.dtype} {arr.shape}, expected rows "
-                                        f"{s['start']}:{s['stop']} of {shape} after row {stop}")
+            if s["start"] != stop:
+                raise CacheCorruptError(f"shard {s['file']} starts at row {s['start']}, expected {stop}")
+            _check_maps(directory / s["file"], [s["stop"] - s["start"], *shape[1:]],
+                        s.get("layout", manifest.get("layout", "NCHW")), bool(s.get("maxima")))
             stop = s["stop"]
         if stop != shape[0]:
             raise CacheCorruptError(f"shards cover {stop} of {shape[0]} rows")
     except (OSError, ValueError, KeyError, TypeError, CacheCorruptError) as exc:
-        log.warning("sharded features %s are damaged (%s); dropping them, they will be re-extracted", folder, exc)
+        log.warning("sharded features %s cannot be used (%s); dropping them, they will be re-extracted", folder, exc)
         _manifest_path(directory / f"{layer}.npy").unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -316,13 +408,12 @@ def open_layer(directory: Path, layer: str) -> LayerFeatures | None:
     damaged = man
     try:
         manifest = json.loads(man.read_text())
+        _check_format(manifest)
         damaged = npy
-        arr = np.load(npy, mmap_mode="r")
-        if list(arr.shape) != manifest["shape"] or manifest.get("format") != FORMAT_VERSION:
-            raise CacheCorruptError(f"shape {arr.shape} != manifest {manifest.get('shape')}")
+        _check_maps(npy, manifest["shape"], manifest.get("layout", "NCHW"), bool(manifest.get("maxima")))
     except (OSError, ValueError, KeyError, TypeError, CacheCorruptError) as exc:
-        log.warning("stored features %s are damaged (%s); dropping them, they will be re-extracted", damaged, exc)
-        for p in (npy, man):
+        log.warning("stored features %s cannot be used (%s); dropping them, they will be re-extracted", damaged, exc)
+        for p in (npy, man, maxima_file(npy)):
             p.unlink(missing_ok=True)
         return None
     return LayerFeatures(npy, manifest)
@@ -365,82 +456,183 @@ class _NpyWriter:
         self.fh.close()
 
 
-def _write_batch(writers: dict[str, _NpyWriter], directory: Path, n: int, start: int,
-                 arrays: dict[str, np.ndarray], fan: _Fan | None = None) -> None:
-    """Append one batch to each layer's file; the layers are split in groups of about equal
-    bytes, one per thread of ``fan`` (each file is still written by one thread, in order)."""
-    for layer, out in arrays.items():
+@dataclass(frozen=True)
+class Written:
+    """What :func:`_run_forward` wrote for one layer: the maps in ``layout`` and, for a conv
+    layer, its spatial maxima beside them (both hidden temp files until renamed)."""
+
+    maps: Path
+    layout: str
+    maxima: Path | None
+
+
+class _LayerWriter:
+    """One layer's files: the maps in the layout of the first batch, and the maxima of a conv map."""
+
+    def __init__(self, directory: Path, layer: str, n: int, first: np.ndarray):
+        self.layout = "NHWC" if channels_last(first) else "NCHW"
+        tmp = f".tmp-{os.getpid()}"
+        self.maps = _NpyWriter(directory / f".{layer}.npy{tmp}", (n, *stored_shape(first.shape, self.layout)[1:]))
+        self.maxima = _NpyWriter(directory / f".{layer}.max.npy{tmp}", (n, first.shape[1])) if first.ndim == 4 else None
+
+    def write(self, start: int, batch: np.ndarray, maxima: np.ndarray | None) -> None:
+        self.maps.write(start, batch.transpose(0, 2, 3, 1) if self.layout == "NHWC" else batch)
+        if self.maxima is not None:
+            self.maxima.write(start, maxima)
+
+    @property
+    def nbytes_per_row(self) -> int:
+        return int(np.prod(self.maps.shape[1:])) * 2
+
+    def close(self) -> Written:
+        self.maps.close()
+        if self.maxima is not None:
+            self.maxima.close()
+        return Written(self.maps.path, self.layout, self.maxima.path if self.maxima else None)
+
+
+def _write_batch(writers: dict[str, _LayerWriter], directory: Path, n: int, start: int,
+                 arrays: dict[str, tuple[np.ndarray, np.ndarray | None]], fan: _Fan | None = None) -> None:
+    """Append one batch (maps, maxima) to each layer's files; the layers are split in groups of
+    about equal bytes, one per thread of ``fan`` (each file is still written by one thread, in order)."""
+    for layer, (maps, _) in arrays.items():
         if layer not in writers:
-            writers[layer] = _NpyWriter(directory / f".{layer}.npy.tmp-{os.getpid()}", (n, *out.shape[1:]))
+            writers[layer] = _LayerWriter(directory, layer, n, maps)
     fan = fan or _Fan(1)
     groups: list[list[str]] = [[] for _ in range(fan.width)]
     sizes = [0] * len(groups)
-    for layer in sorted(arrays, key=lambda l: -arrays[l].nbytes):
+    for layer in sorted(arrays, key=lambda l: -arrays[l][0].nbytes):
         g = sizes.index(min(sizes))
         groups[g].append(layer)
-        sizes[g] += arrays[layer].nbytes
+        sizes[g] += arrays[layer][0].nbytes
 
     def write(group: list[str]) -> Callable[[], None]:
-        return lambda: [writers[layer].write(start, arrays[layer]) for layer in group]
+        return lambda: [writers[layer].write(start, *arrays[layer]) for layer in group]
 
     fan.run([write(g) for g in groups if g])
 
 
+def _batch_arrays(outs: dict[str, torch.Tensor], layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """CPU: one batch's arrays per layer: the float16 maps as the hook stored them (their layout
+    kept) and, for a conv map, its ``[B, C]`` spatial maxima taken from those same float16 values."""
+    return {layer: (outs[layer].numpy(), outs[layer].amax(dim=(2, 3)).numpy() if outs[layer].dim() == 4 else None)
+            for layer in layers}
+
+
+class _HostCopies:
+    """CUDA: each batch's float16 maps and maxima copied to the host on a side stream, without
+    blocking, into pinned buffers of the outputs' own strides (no transpose). Two sets of buffers
+    are used in turn: one is written to disk while the next batch runs and is copied into the
+    other. :meth:`take` returns the host arrays and an event to wait for before reading them.
+    """
+
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device)
+        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self.turn = 0
+
+    def _pinned(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        buf = self.buffers.get((key, self.turn))
+        if buf is None or buf.dtype != t.dtype or buf.shape[1:] != t.shape[1:] or len(buf) < len(t) \
+                or buf[:len(t)].stride() != t.stride():
+            buf = self.buffers[(key, self.turn)] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype,
+                                                                       pin_memory=True)
+        return buf[:len(t)]
+
+    def take(self, outs: dict[str, torch.Tensor], layers: Sequence[str]
+             ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], torch.cuda.Event]:
+        self.turn ^= 1
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))  # the forward's outputs are done
+        arrays = {}
+        with torch.cuda.stream(self.stream):
+            for layer in layers:
+                t = outs[layer]
+                t.record_stream(self.stream)  # not reused by the next forward before this copy ends
+                host = self._pinned(layer, t)
+                host.copy_(t, non_blocking=True)
+                maxima = None
+                if t.dim() == 4:
+                    mx = t.amax(dim=(2, 3))
+                    maxima = self._pinned(f"{layer}.max", mx)
+                    maxima.copy_(mx, non_blocking=True)
+                arrays[layer] = (host.numpy(), None if maxima is None else maxima.numpy())
+        return arrays, self.stream.record_event()
+
+
 def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directory: Path, device: torch.device,
-                 batch_size: int, num_workers: int | None, progress: Progress | None) -> dict[str, Path]:
-    """Forward every batch, appending the hooked outputs to one temp file per layer.
+                 batch_size: int, num_workers: int | None, progress: Progress | None) -> dict[str, Written]:
+    """Forward every batch, appending the hooked outputs (and conv maxima) to temp files per layer.
 
     On the CPU each batch is prepared, run and written in turn, into buffers reused from
     batch to batch: the forward keeps every core busy (its threads spin between ops), so a
     helper thread preparing and writing *beside* it only takes cycles from it (measured: a
     lower ratio to the bare forward). Between forwards the input normalisation and the
-    writes are split over as many threads as torch uses. On CUDA one helper thread
-    prepares the next input batch and writes the previous outputs while the GPU runs, in
-    that order, so at most two batches of inputs and of outputs are alive at once.
+    writes are split over as many threads as torch uses. On CUDA the forward runs under
+    autocast; the outputs go to pinned host buffers on a side stream (:class:`_HostCopies`)
+    while the next batch runs; one helper thread prepares the next input batch and writes
+    the previous outputs once their copy is done, in that order, so at most two batches of
+    inputs and of outputs are alive at once.
     """
     n = len(data)
     net = loaded.net.to(device).eval()
     gpu = device.type == "cuda"
     amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
-    writers: dict[str, _NpyWriter] = {}
+    writers: dict[str, _LayerWriter] = {}
     done = 0
 
-    def step(start: int, x: torch.Tensor) -> dict[str, np.ndarray]:
+    def forward(start: int, x: torch.Tensor) -> None:
         nonlocal done
         with torch.autocast(device.type, dtype=amp_dtype, enabled=gpu):
             net(x)
         done = start + len(x)
         if progress:
             progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
-        return {layer: outs[layer].cpu().numpy() for layer in layers}
 
+    written: dict[str, Written] = {}
     try:
         with torch.inference_mode(), capture_layers(loaded, layers, torch.float16, reuse=not gpu) as outs:
             if not gpu:
                 fan = _Fan(min(4, torch.get_num_threads()))
                 try:
                     for start, x in iter_batches(loaded, data, batch_size, device, num_workers, fan):
-                        _write_batch(writers, directory, n, start, step(start, x), fan)
+                        forward(start, x)
+                        _write_batch(writers, directory, n, start, _batch_arrays(outs, layers), fan)
                 finally:
                     fan.close()
             else:
+                copies = _HostCopies(device)
+
+                def write(start: int, arrays: dict, copied: torch.cuda.Event) -> None:
+                    copied.synchronize()
+                    _write_batch(writers, directory, n, start, arrays)
+
                 with ThreadPoolExecutor(1, thread_name_prefix="extract-io") as io:
                     batches = iter_batches(loaded, data, batch_size, device, num_workers)
-                    pending, written = io.submit(next, batches, None), None
+                    pending, writing = io.submit(next, batches, None), None
                     while (item := pending.result()) is not None:
                         pending = io.submit(next, batches, None)
-                        arrays = step(*item)
-                        if written is not None:
-                            written.result()
-                        written = io.submit(_write_batch, writers, directory, n, item[0], arrays)
-                    if written is not None:
-                        written.result()
+                        forward(*item)
+                        if writing is not None:
+                            writing.result()  # the host buffers about to be reused are on disk
+                        writing = io.submit(write, item[0], *copies.take(outs, layers))
+                    if writing is not None:
+                        writing.result()
     finally:
-        for w in writers.values():
-            w.close()
+        for layer, w in writers.items():
+            written[layer] = w.close()
     if done != n:
         raise CacheCorruptError(f"extraction produced {done} of {n} items")
-    return {layer: w.path for layer, w in writers.items()}
+    return written
+
+
+def place(w: Written, final: Path) -> list[int]:
+    """Rename what :func:`_run_forward` wrote for a layer to ``final`` (and its maxima beside
+    it); returns the layer's logical shape. The maxima go first: maps without their maxima
+    file are never in place under a manifest that lists it (the manifest is written last)."""
+    if w.maxima is not None:
+        os.replace(w.maxima, maxima_file(final))
+    os.replace(w.maps, final)
+    return list(logical(np.load(final, mmap_mode="r"), w.layout).shape)
 
 
 def validated_layers(loaded: LoadedModel, data: ImageSet, layers: Sequence[str]) -> list[str]:
@@ -472,11 +664,11 @@ def extract(loaded: LoadedModel, data: ImageSet, layers: Sequence[str], *, devic
         dev = resolve_device(device)
         tmp = _run_forward(loaded, data, todo, directory, dev, batch_size, num_workers, progress)
         prov = _provenance(loaded, data, dev)
-        for layer, tpath in tmp.items():
+        for layer, w in tmp.items():
             final = directory / f"{layer}.npy"
-            os.replace(tpath, final)
-            shape = list(np.load(final, mmap_mode="r").shape)
+            shape = place(w, final)
             manifest = {**prov, "format": FORMAT_VERSION, "layer": layer, "shape": shape, "dtype": "float16",
+                        "layout": w.layout, "maxima": w.maxima is not None,
                         "fingerprint": layer_fingerprint(loaded, data, layer, shape)}
             mtmp = directory / f".{layer}.json.tmp-{os.getpid()}"
             mtmp.write_text(json.dumps(manifest, indent=1))

@@ -151,6 +151,7 @@ def test_sharded_store_without_ray(small, tmp_path):
         f = extraction.open_layer(directory, layer)
         assert f.sharded and f.shape == local[layer].shape and f.fingerprint == local[layer].fingerprint
         assert np.array_equal(f.array(), local[layer].array()) and f.array().dtype == np.float16
+        assert np.array_equal(f.maxima(), local[layer].maxima()) and f.layout == local[layer].layout
         assert [s for s, _ in f.shards()] == [0, 64, 128]
         assert [len(a) for _, a in f.shards()] == [64, 64, 22]
         assert all(isinstance(a, np.memmap) for _, a in f.shards())

@@ -40,7 +40,61 @@ def test_extraction_matches_direct_forward(tmp_path, tiny_images):
         arr = got[layer].array()
         assert arr.dtype == np.float16 and arr.shape == ref[layer].shape
         np.testing.assert_allclose(arr.astype(np.float32), ref[layer], rtol=2e-3, atol=2e-3 * np.abs(ref[layer]).max())
+        if arr.ndim == 4:  # the spatial maxima stored beside: those of the stored float16 maps, exactly
+            mx = got[layer].maxima()
+            assert mx.dtype == np.float16 and np.array_equal(mx, np.asarray(arr).max(axis=(2, 3)))
+            np.testing.assert_allclose(mx.astype(np.float32), ref[layer].max(axis=(2, 3)), rtol=2e-3,
+                                       atol=2e-3 * np.abs(ref[layer]).max())
     assert _count_hooks(lm.net) == 0
+    # the demo network runs channels-last on the CPU: its conv maps are stored as produced
+    conv5 = got["conv5"]
+    assert conv5.layout == "NHWC" and np.load(conv5.path, mmap_mode="r").shape == (37, 4, 4, 64)
+    assert got["fc7"].layout == "NCHW" and got["fc7"].manifest["maxima"] is False
+
+
+def test_old_format_store_is_read_as_it_is(tmp_path, tiny_images):
+    """A store written by format 1 (maps [N, C, H, W], no maxima file) is read correctly, not
+    re-extracted; its maxima are taken from the maps. An unknown format is dropped, with a
+    warning naming it, and re-extracted."""
+    images, labels = tiny_images
+    torch.manual_seed(2)
+    lm = models.build_demo(num_classes=3)
+    ds = ArrayImageSet("tiny", images, labels, ["a", "b", "c"])
+    ref = _direct(lm, images)["conv3"].astype(np.float16)
+    folder = extraction.features_dir(lm, ds, tmp_path)
+    folder.mkdir(parents=True)
+    np.save(folder / "conv3.npy", ref)  # C order: the old layout
+    shape = list(ref.shape)
+    (folder / "conv3.json").write_text(json.dumps({
+        "format": 1, "layer": "conv3", "shape": shape, "dtype": "float16",
+        "fingerprint": extraction.layer_fingerprint(lm, ds, "conv3", shape)}))
+    old = extraction.extract(lm, ds, ["conv3"], device="cpu", root=tmp_path)["conv3"]
+    assert old.manifest["format"] == 1 and old.layout == "NCHW"
+    assert np.array_equal(old.array(), ref) and np.array_equal(old.maxima(), ref.max(axis=(2, 3)))
+    man = json.loads((folder / "conv3.json").read_text())
+    (folder / "conv3.json").write_text(json.dumps({**man, "format": 99}))
+    with pytest.MonkeyPatch.context() as mp:
+        seen = []
+        mp.setattr(extraction.log, "warning", lambda msg, *a: seen.append(msg % a))
+        new = extraction.extract(lm, ds, ["conv3"], device="cpu", root=tmp_path)["conv3"]
+    assert len(seen) == 1 and "store format 99" in seen[0] and "conv3.json" in seen[0], seen
+    assert new.manifest["format"] == extraction.FORMAT_VERSION and new.layout == "NHWC"
+    np.testing.assert_allclose(new.array().astype(np.float32), ref.astype(np.float32), rtol=2e-3,
+                               atol=2e-3 * np.abs(ref).max())
+
+
+def test_damaged_maxima_file_drops_the_layer(tmp_path, tiny_images):
+    images, labels = tiny_images
+    lm = models.build_demo(num_classes=3)
+    ds = ArrayImageSet("tiny", images, labels, ["a", "b", "c"])
+    first = extraction.extract(lm, ds, ["conv2"], device="cpu", root=tmp_path)["conv2"]
+    want = np.asarray(first.maxima()).copy()
+    maxima = extraction.maxima_file(first.path)
+    maxima.write_bytes(maxima.read_bytes()[:90])
+    assert extraction.load_features(lm, ds, "conv2", root=tmp_path) is None
+    assert not first.path.exists() and not maxima.exists()
+    healed = extraction.extract(lm, ds, ["conv2"], device="cpu", root=tmp_path)["conv2"]
+    assert np.array_equal(healed.maxima(), want)
 
 
 class _PilSet(ImageSet):
@@ -107,3 +161,23 @@ def test_bad_requests(tmp_path, tiny_images):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA"):
             extraction.resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_extraction_matches_the_cpu_forward(tmp_path, tiny_images):
+    """The CUDA path (autocast, pinned buffers, side-stream copies, two buffer sets in turn) stores
+    what a float32 CPU forward computes, to half-precision tolerance, and maxima of its own maps."""
+    images, labels = tiny_images
+    torch.manual_seed(3)
+    lm = models.build_demo(num_classes=3)
+    ref = _direct(lm, images)
+    ds = ArrayImageSet("tiny", images, labels, ["a", "b", "c"])
+    got = extraction.extract(lm, ds, list(models.PAPER_LAYERS), device="cuda", batch_size=8, root=tmp_path)
+    lm.net.to("cpu")
+    for layer in models.PAPER_LAYERS:
+        arr = np.asarray(got[layer].array(), dtype=np.float32)
+        scale = np.abs(ref[layer]).max()
+        np.testing.assert_allclose(arr, ref[layer], rtol=3e-2, atol=3e-2 * scale, err_msg=layer)
+        if arr.ndim == 4:
+            assert np.array_equal(got[layer].maxima(), np.asarray(got[layer].array()).max(axis=(2, 3)))
+    assert got["conv1"].manifest["device"].startswith("cuda")

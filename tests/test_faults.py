@@ -146,6 +146,11 @@ def _feature_file(cache: Path, layer: str, suffix: str) -> Path:
     return hits[0]
 
 
+def _item(path: Path) -> Path:
+    """The stored item a file belongs to: ``conv3.npy``, ``conv3.max.npy`` and ``conv3.json`` are one layer."""
+    return path.with_name(path.name.split(".")[0] or path.name)
+
+
 def test_damaged_files_are_each_reported_once_rebuilt_and_nothing_else_touched(killed_build, demo_env):
     """Four damages at once, then one ``python -m core demo``: one warning per damaged item
     naming it, each rebuilt to the same bytes and numbers, every other file left as it was."""
@@ -163,9 +168,9 @@ def test_damaged_files_are_each_reported_once_rebuilt_and_nothing_else_touched(k
                     "'demo:finetuned', 'demo:target-test-detgt', 'conv5').fingerprint))")
     key = ResultCache.key(SelectivityRequest("demo:finetuned", "demo-detgt", "conv5", 100, 3), [fp])
     damaged = [truncated, bad_json, network, Path(key)]
-    items = {p.with_suffix("") for p in damaged}        # a damaged file and its pair (.npy/.json, .pt/.json)
+    items = {_item(p) for p in damaged}   # a damaged file and its kin (.npy/.max.npy/.json, .pt/.json)
     rewritten = {cache / "demo" / "tiny" / "manifest.json"}  # the repair's record (same hashes, see DIGEST)
-    untouched = {p: m for p, m in _files(cache).items() if p.with_suffix("") not in items and p not in rewritten
+    untouched = {p: m for p, m in _files(cache).items() if _item(p) not in items and p not in rewritten
                  and p.parent.name != "results" and "locks" not in p.parts and p.suffix != ".lock"}
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     bad_json.write_text('{"format": 1, "shape": [')

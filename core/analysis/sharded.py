@@ -18,7 +18,7 @@ per-shard results are merged here. This module knows nothing of Ray.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -29,23 +29,34 @@ from core.analysis.precision_recall import _NO_POSITIVES
 from core.analysis.selectivity import _entropy, _thresholds, _trapezoid
 from core.errors import InputError
 
-#: A shard as the per-shard functions receive it: a ``.npy`` path (memory-mapped when
-#: opened) or an array.
-ShardData = str | np.ndarray
+
+class StoredShard(NamedTuple):
+    """A shard on disk: its ``.npy`` file and the byte order of its maps (``NCHW``, or ``NHWC``
+    for a channels-last store, read as the logical ``[n, C, H, W]`` view)."""
+
+    path: str
+    layout: str = "NCHW"
+
+
+#: A shard as the per-shard functions receive it: a stored shard or ``.npy`` path
+#: (memory-mapped when opened) or an array.
+ShardData = StoredShard | str | np.ndarray
 
 
 # --------------------------------------------------------------------------- shard sources
 def shard_specs(shards: Any) -> list[tuple[int, ShardData]]:
     """Normalise ``shards`` to ``[(start, path or array)]`` and check they tile ``[0, N)``.
 
-    Stored shards are kept as file paths (nothing is read here).
+    Stored shards are kept as :class:`StoredShard` (file path and layout; nothing is read here).
     """
     if hasattr(shards, "manifest") and hasattr(shards, "shards"):
         man = shards.manifest
+        layout = man.get("layout", "NCHW")
         if "shards" in man:
-            specs = [(int(s["start"]), str(shards.path.parent / s["file"])) for s in man["shards"]]
+            specs = [(int(s["start"]), StoredShard(str(shards.path.parent / s["file"]), s.get("layout", layout)))
+                     for s in man["shards"]]
         else:
-            specs = [(0, str(shards.path))]
+            specs = [(0, StoredShard(str(shards.path), layout))]
     elif hasattr(shards, "shards"):
         specs = list(shards.shards())
     else:
@@ -61,8 +72,13 @@ def shard_specs(shards: Any) -> list[tuple[int, ShardData]]:
 
 
 def load_shard(data: ShardData) -> np.ndarray:
-    """A shard's rows: a ``.npy`` path memory-mapped, or the array itself."""
-    return np.load(data, mmap_mode="r") if isinstance(data, str) else np.asarray(data)
+    """A shard's rows: a stored shard or ``.npy`` path memory-mapped (as ``[n, C, H, W]``), or the array itself."""
+    if isinstance(data, str):
+        data = StoredShard(data)
+    if isinstance(data, StoredShard):
+        rows = np.load(data.path, mmap_mode="r")
+        return rows.transpose(0, 3, 1, 2) if data.layout == "NHWC" else rows
+    return np.asarray(data)
 
 
 def _check_tiling(starts: Sequence[int], lengths: Sequence[int]) -> int:

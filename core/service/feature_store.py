@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from core import analysis, extraction
+from core import extraction
 from core.config import cache_root
 from core.datasets import ImageSet
 from core.errors import InputError
@@ -143,15 +145,15 @@ def _extract_lock(model_id: str, dataset_id: str) -> threading.Lock:
 def pooled(model_id: str, dataset_id: str, layer: str, progress: Progress | None = None) -> tuple[np.ndarray, str]:
     """Spatially max-pooled features ``[N, F]`` float32 (Sec. 4) and their fingerprint."""
     f = features(model_id, dataset_id, layer, progress=progress)
-    return _pooled(str(f.path), f.fingerprint).copy(), f.fingerprint
+    return _pooled(str(f.path), json.dumps(f.manifest, sort_keys=True)).copy(), f.fingerprint
 
 
 @lru_cache(maxsize=16)
-def _pooled(path: str, fingerprint: str) -> np.ndarray:
-    """Max-pooled features of one stored layer file (by path and fingerprint: a new extraction
-    has a new fingerprint); callers get copies."""
-    arr = np.load(path, mmap_mode="r")
-    return analysis.spatial_max(arr).astype(np.float32) if arr.ndim == 4 else np.asarray(arr, dtype=np.float32)
+def _pooled(path: str, manifest: str) -> np.ndarray:
+    """Max-pooled features of one stored layer (by path and manifest, whose fingerprint changes
+    with every new extraction): the maxima stored beside the maps (format 2), or taken from the
+    maps of an older store; callers get copies."""
+    return np.asarray(extraction.LayerFeatures(Path(path), json.loads(manifest)).maxima(), dtype=np.float32)
 
 
 def cache_status(model_id: str, task_id: str) -> list[dict]:
