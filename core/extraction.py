@@ -75,7 +75,8 @@ def _detached_copy(out: torch.Tensor, dtype: torch.dtype,
 
 @contextlib.contextmanager
 def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtype | None = None,
-                   reuse: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                   reuse: bool = False, maxima: dict[str, torch.Tensor] | None = None
+                   ) -> Iterator[dict[str, torch.Tensor]]:
     """Register forward hooks on ``layers``; yields a dict filled with each forward's outputs.
 
     Hooks are removed on exit, also when the body raises. Outputs are detached and
@@ -83,7 +84,10 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
     the network produced (:func:`channels_last` tells which), and converted to ``dtype``
     in the same copy when given. ``reuse=True`` copies CPU outputs
     into one buffer per layer that the next forward overwrites: the caller must be done
-    with a batch's outputs before it runs the next one.
+    with a batch's outputs before it runs the next one. ``maxima``, when given, receives each
+    conv output's spatial maxima ``[B, C]``, taken from the output as computed and converted to
+    ``dtype`` after: the same numbers as the maxima of the converted maps (rounding is monotonic),
+    at a fraction of the cost (a float16 reduction is ~25x slower than a float32 one on the CPU).
     """
     outputs: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] | None = {} if reuse else None
@@ -94,6 +98,8 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
 
             def hook(_m, _inp, out, _name=layer):
                 outputs[_name] = _detached_copy(out, dtype or out.dtype, buffers, _name)
+                if maxima is not None and out.dim() == 4:
+                    maxima[_name] = out.detach().amax(dim=(2, 3)).to(dtype or out.dtype)
 
             handles.append(module.register_forward_hook(hook))
         yield outputs
@@ -512,11 +518,11 @@ def _write_batch(writers: dict[str, _LayerWriter], directory: Path, n: int, star
     fan.run([write(g) for g in groups if g])
 
 
-def _batch_arrays(outs: dict[str, torch.Tensor], layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def _batch_arrays(outs: dict[str, torch.Tensor], maxima: dict[str, torch.Tensor],
+                  layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """CPU: one batch's arrays per layer: the float16 maps as the hook stored them (their layout
-    kept) and, for a conv map, its ``[B, C]`` spatial maxima taken from those same float16 values."""
-    return {layer: (outs[layer].numpy(), outs[layer].amax(dim=(2, 3)).numpy() if outs[layer].dim() == 4 else None)
-            for layer in layers}
+    kept) and, for a conv map, its ``[B, C]`` spatial maxima (:func:`capture_layers`)."""
+    return {layer: (outs[layer].numpy(), maxima[layer].numpy() if layer in maxima else None) for layer in layers}
 
 
 class _HostCopies:
@@ -539,7 +545,7 @@ class _HostCopies:
                                                                        pin_memory=True)
         return buf[:len(t)]
 
-    def take(self, outs: dict[str, torch.Tensor], layers: Sequence[str]
+    def take(self, outs: dict[str, torch.Tensor], maxima: dict[str, torch.Tensor], layers: Sequence[str]
              ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], torch.cuda.Event]:
         self.turn ^= 1
         self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))  # the forward's outputs are done
@@ -550,12 +556,12 @@ class _HostCopies:
                 t.record_stream(self.stream)  # not reused by the next forward before this copy ends
                 host = self._pinned(layer, t)
                 host.copy_(t, non_blocking=True)
-                maxima = None
-                if t.dim() == 4:
-                    mx = t.amax(dim=(2, 3))
-                    maxima = self._pinned(f"{layer}.max", mx)
-                    maxima.copy_(mx, non_blocking=True)
-                arrays[layer] = (host.numpy(), None if maxima is None else maxima.numpy())
+                host_max = None
+                if layer in maxima:
+                    maxima[layer].record_stream(self.stream)
+                    host_max = self._pinned(f"{layer}.max", maxima[layer])
+                    host_max.copy_(maxima[layer], non_blocking=True)
+                arrays[layer] = (host.numpy(), None if host_max is None else host_max.numpy())
         return arrays, self.stream.record_event()
 
 
@@ -589,14 +595,16 @@ def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directo
             progress(done, n, f"extracting {', '.join(layers)} from {loaded.spec.name}")
 
     written: dict[str, Written] = {}
+    maxima: dict[str, torch.Tensor] = {}
     try:
-        with torch.inference_mode(), capture_layers(loaded, layers, torch.float16, reuse=not gpu) as outs:
+        with torch.inference_mode(), capture_layers(loaded, layers, torch.float16, reuse=not gpu,
+                                                    maxima=maxima) as outs:
             if not gpu:
                 fan = _Fan(min(4, torch.get_num_threads()))
                 try:
                     for start, x in iter_batches(loaded, data, batch_size, device, num_workers, fan):
                         forward(start, x)
-                        _write_batch(writers, directory, n, start, _batch_arrays(outs, layers), fan)
+                        _write_batch(writers, directory, n, start, _batch_arrays(outs, maxima, layers), fan)
                 finally:
                     fan.close()
             else:
@@ -614,7 +622,7 @@ def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directo
                         forward(*item)
                         if writing is not None:
                             writing.result()  # the host buffers about to be reused are on disk
-                        writing = io.submit(write, item[0], *copies.take(outs, layers))
+                        writing = io.submit(write, item[0], *copies.take(outs, maxima, layers))
                     if writing is not None:
                         writing.result()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -100,16 +101,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_server(cache: Path, log_path: Path) -> tuple["subprocess.Popen", str]:
+def launch_server(cache: Path, log_path: Path, runner: Sequence[str] = ("-m", "streamlit", "run"),
+                  env: dict | None = None) -> tuple["subprocess.Popen", str]:
     """Start ``streamlit run app.py`` over the tiny demo in ``cache`` on a free port, as ``make run``
     would but headless and without the file watcher; output to ``log_path`` (a file, not a
-    pipe: a chatty server must never block on it). Returns the process and its url at once."""
+    pipe: a chatty server must never block on it). Returns the process and its url at once.
+    ``runner`` replaces ``-m streamlit run`` (e.g. ``-c <script> <args>`` that patches the app
+    first, then runs Streamlit on the arguments that follow); ``env`` adds variables."""
     import subprocess
 
     port = free_port()
-    env = {**os.environ, "FILTERSCOPE_CACHE": str(cache), "FILTERSCOPE_DEMO": "tiny"}
+    env = {**os.environ, "FILTERSCOPE_CACHE": str(cache), "FILTERSCOPE_DEMO": "tiny", **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        proc = subprocess.Popen([sys.executable, *runner, str(ROOT / "app.py"),
                                  "--server.port", str(port), "--server.address", "127.0.0.1",
                                  "--server.headless", "true", "--browser.gatherUsageStats", "false",
                                  "--server.fileWatcherType", "none"],

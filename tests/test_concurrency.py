@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port, wait_until_healthy
+from conftest import ROOT, launch_server, stop_server, wait_until_healthy
 
 TASK = "demo-detgt"
 SLOW_AUE_S = 2.0  # per selectivity result in the browser test: 14 results, ~30 s of computing
@@ -152,25 +152,12 @@ def counted_server(demo_env, tmp_path_factory):
     """A real Streamlit server on the tiny demo, logging every computation, with slow AuE
     (see the module docstring); yields (url, log)."""
     folder = tmp_path_factory.mktemp("server")
-    log, errors = folder / "computed.jsonl", open(folder / "stderr.txt", "wb")
-    port = free_port()
-    env = {**os.environ, "FILTERSCOPE_CACHE": str(demo_env), "FILTERSCOPE_DEMO": "tiny",
-           "FILTERSCOPE_COMPUTE_LOG": str(log)}
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, str(ROOT), str(SLOW_AUE_S), str(ROOT / "app.py"),
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, proc, 240, lambda: (folder / "stderr.txt").read_text())
+    log = folder / "computed.jsonl"
+    proc, url = launch_server(demo_env, folder / "server.txt", runner=("-c", _SLOW_SERVER, str(ROOT), str(SLOW_AUE_S)),
+                              env={"FILTERSCOPE_COMPUTE_LOG": str(log)})
+    wait_until_healthy(url, proc, 240, lambda: (folder / "server.txt").read_text())
     yield url, log
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    errors.close()
+    stop_server(proc)
 
 
 def _drop_cached(keys: list[str]) -> None:
