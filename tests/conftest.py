@@ -18,6 +18,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ["FILTERSCOPE_VALIDATE_FIGURES"] = "1"  # a wrong plotly property fails the tests (core.figures)
 
 
+#: One line per fault-injection module ("faults injected: N, survived: M"), printed at the end
+#: of the run: output written while a module's fixtures tear down is captured and never shown.
+FAULT_SUMMARIES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in FAULT_SUMMARIES:
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture()
 def tmp_cache(tmp_path, monkeypatch) -> Path:
     """A private cache root for one test."""

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import FAULT_SUMMARIES
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # skipped before any fixture runs (no demo build, no server) when the browser is missing
@@ -108,7 +110,8 @@ def build_corpus(folder) -> tuple[dict, dict, str]:
 def summary():
     yield SUMMARY
     # survived: right per-file outcome, counted only once the server is known to be alive afterwards
-    print(f"\nfaults injected: {SUMMARY['injected']}, survived: {SUMMARY['survived']}")
+    FAULT_SUMMARIES.append(f"tests/test_faults_upload.py: faults injected: {SUMMARY['injected']}, "
+                           f"survived: {SUMMARY['survived']}")
 
 
 def _settle(page, timeout: float = 120) -> None:
