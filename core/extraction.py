@@ -10,8 +10,9 @@ when it runs channels-last (the demo network on the CPU), else ``NCHW`` (manifes
 ``layout``), so the hook's copy is a straight float16 conversion, never a transpose.
 Every reader sees the logical ``[N, C, H, W]`` view (:meth:`LayerFeatures.array`).
 Beside each conv map lie its spatial maxima ``[N, C]`` (``<layer>.max.npy``, the
-paper's Sec. 4 pooled features), taken from the same float16 values in the same pass,
-so the pooled analyses never re-read the maps. Format 1 stores (``NCHW``, no maxima)
+paper's Sec. 4 pooled features), taken in the same pass from the float32 output and
+then rounded (the same numbers as the maxima of the stored float16 maps), so the
+pooled analyses never re-read the maps. Format 1 stores (``NCHW``, no maxima)
 are read as they are; an unknown format is dropped with a warning and re-extracted.
 """
 from __future__ import annotations
