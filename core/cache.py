@@ -251,15 +251,18 @@ class _ReadOnlyStore:
         self._new: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def _row(self, columns: str, key: str) -> tuple | None:
+        if self._con is None:
+            return None
+        db_key, raw = self._disk.put(key)
+        with self._lock:
+            return self._con.execute(f"SELECT {columns} FROM Cache WHERE key = ? AND raw = ?",
+                                     (db_key, raw)).fetchone()
+
     def get(self, key: str, default: Any = None, retry: bool = False) -> Any:
         if key in self._new:
             return self._new[key]
-        if self._con is None:
-            return default
-        db_key, raw = self._disk.put(key)
-        with self._lock:
-            row = self._con.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
-                                    (db_key, raw)).fetchone()
+        row = self._row("mode, filename, value", key)
         return default if row is None else self._disk.fetch(*row, read=False)
 
     def set(self, key: str, value: Any, retry: bool = False) -> None:
@@ -268,8 +271,8 @@ class _ReadOnlyStore:
     def delete(self, key: str, retry: bool = False) -> None:
         self._new.pop(key, None)
 
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
+    def __contains__(self, key: str) -> bool:  # without reading the value
+        return key in self._new or self._row("1", key) is not None
 
     def volume(self) -> int:
         return 0

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from core.analysis.sharded import StoredShard, load_shard
 from core.config import cache_root, code_version, stable_hash
 from core.datasets import ArrayImageSet, ImageSet
 from core.errors import CacheCorruptError, InputError
@@ -266,11 +267,6 @@ def features_dir(loaded: LoadedModel, data: ImageSet, root: Path | None = None) 
     return base / model_key(loaded) / f"{data.name.replace(':', '-').replace('/', '-')}-{data.fingerprint[:10]}"
 
 
-def logical(stored: np.ndarray, layout: str) -> np.ndarray:
-    """The ``[N, C, H, W]`` view of maps stored in ``layout`` (``NHWC`` or ``NCHW``); no copy."""
-    return stored.transpose(0, 3, 1, 2) if layout == "NHWC" else stored
-
-
 def stored_shape(shape: Sequence[int], layout: str) -> list[int]:
     """Shape of the file holding a ``[N, C, H, W]`` layer ``shape`` in ``layout``."""
     return [shape[0], *shape[2:], shape[1]] if layout == "NHWC" else list(shape)
@@ -302,7 +298,7 @@ class LayerFeatures:
         """The whole logical ``[N, C, H, W]`` (or ``[N, F]``) array: a view of the memmap, or
         the shards concatenated in memory."""
         if not self.sharded:
-            return logical(np.load(self.path, mmap_mode="r"), self.layout)
+            return load_shard(StoredShard(str(self.path), self.layout))
         return np.concatenate([a for _, a in self.shards()])
 
     def shards(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -311,8 +307,7 @@ class LayerFeatures:
             yield 0, self.array()
             return
         for s in self.manifest["shards"]:
-            stored = np.load(self.path.parent / s["file"], mmap_mode="r")
-            yield int(s["start"]), logical(stored, s.get("layout", self.layout))
+            yield int(s["start"]), load_shard(StoredShard(str(self.path.parent / s["file"]), s.get("layout", self.layout)))
 
     def maxima(self) -> np.ndarray:
         """Spatially max-pooled features ``[N, C]`` float16 (Sec. 4); a vector layer as it is.
@@ -327,14 +322,8 @@ class LayerFeatures:
             if self.manifest.get("maxima"):
                 return np.load(maxima_file(self.path), mmap_mode="r")
             return _max_pool(self.array())
-        parts = []
-        for s in self.manifest["shards"]:
-            if s.get("maxima"):
-                parts.append(np.load(maxima_file(self.path.parent / s["file"]), mmap_mode="r"))
-            else:
-                stored = np.load(self.path.parent / s["file"], mmap_mode="r")
-                parts.append(_max_pool(logical(stored, s.get("layout", self.layout))))
-        return np.concatenate(parts)
+        return np.concatenate([np.load(maxima_file(self.path.parent / s["file"]), mmap_mode="r") if s.get("maxima")
+                               else _max_pool(maps) for s, (_, maps) in zip(self.manifest["shards"], self.shards())])
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -641,7 +630,7 @@ def place(w: Written, final: Path) -> list[int]:
     if w.maxima is not None:
         os.replace(w.maxima, maxima_file(final))
     os.replace(w.maps, final)
-    return list(logical(np.load(final, mmap_mode="r"), w.layout).shape)
+    return list(load_shard(StoredShard(str(final), w.layout)).shape)
 
 
 def validated_layers(loaded: LoadedModel, data: ImageSet, layers: Sequence[str]) -> list[str]:

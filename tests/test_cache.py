@@ -74,6 +74,7 @@ def test_read_only_folder_is_read_as_it_is_not_moved_aside(tmp_path, caplog):
         fail = lambda: pytest.fail("recomputed a stored result")  # noqa: E731
         assert cache.get_or_compute(Req("small"), [], fail) == {"aue": [0.5, 0.25]}
         assert np.array_equal(cache.get_or_compute(Req("big"), ["fp"], fail), big)
+        assert cache.contains(Req("big"), ["fp"]) and not cache.contains(Req("big"), ["other"])
         calls = []
         assert cache.get_or_compute(Req("new"), [], lambda: calls.append(1) or 7) == 7
         assert cache.get_or_compute(Req("new"), [], lambda: calls.append(1) or 8) == 7 and len(calls) == 1
