@@ -120,6 +120,24 @@ def test_pil_path_matches_array_path(tmp_path, tiny_images):
                                    atol=5e-3)
 
 
+def test_cpu_input_batches_are_torchvision_transforms_bit_for_bit():
+    """The CPU input path of a resizing model (in-memory images without the PIL round trip, PIL
+    images as they are, both normalised into one reused buffer) yields exactly the batches of
+    torchvision's own per-image transform, the last partial batch included."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (10, 70, 90, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 10)
+    lm = models.build_torchvision("alexnet", use_hub_cache=False)
+    transform = lm.spec.transform()
+    for data in (ArrayImageSet("arr", images, labels, ["a", "b", "c"]), _PilSet(images, labels)):
+        got = [(start, x.clone()) for start, x in
+               extraction.iter_batches(lm, data, 4, torch.device("cpu"), num_workers=0)]
+        assert [start for start, _ in got] == [0, 4, 8]
+        for start, x in got:
+            ref = torch.stack([transform(Image.fromarray(im)) for im in images[start:start + 4]])
+            assert x.dtype == ref.dtype and x.is_contiguous() and torch.equal(x, ref), (type(data), start)
+
+
 def test_hooks_removed_on_error(tiny_images):
     lm = models.build_demo(num_classes=3)
     with pytest.raises(RuntimeError):

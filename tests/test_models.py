@@ -127,3 +127,9 @@ def test_batched_normalisation_equals_torchvision_per_image():
         geometric = spec.geometric_transform()
         batched = spec.normalize_batch(torch.stack([geometric(im) for im in images]))
         assert batched.dtype == torch.float32 and torch.equal(batched, reference)
+        # a list of crops (channels-last views of the decoded images) into a larger reused buffer
+        out = torch.full((5, 3, spec.input_size, spec.input_size), float("nan"))
+        listed = spec.normalize_batch([geometric(im) for im in images], out=out)
+        assert listed.data_ptr() == out.data_ptr() and torch.equal(listed, reference)
+        with pytest.raises(ValueError, match="contiguous float32"):
+            spec.normalize_batch([geometric(im) for im in images], out=out[:2])
