@@ -71,8 +71,8 @@ class BenchSizes:
 
 FULL = BenchSizes()
 #: --quick: under 2 minutes on 2 cores. Every ratio is still measured side by side in one run;
-#: the extraction on the full 2,000 images (3 alternating runs each, ~2 s: with 500 the files'
-#: fixed set-up costs weigh on the ratio), the slow references on a subset of filters (their
+#: the extraction as in the full run (2,000 images, the same back-to-back pairs: with 500 images
+#: the files' fixed set-up costs weigh on the ratio), the slow references on a subset of filters (their
 #: time scaled linearly), every page of the navigation, no demo build.
 QUICK = replace(FULL, aue_reference_filters=16, ap_reference_filters=32,
                 pages_budget_s=None, demo_build=False)

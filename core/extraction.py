@@ -123,6 +123,14 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"unknown device '{device}'; use auto, cpu or cuda[:N].") from exc
 
 
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for a forward on ``device``: bfloat16 (else float16) autocast on CUDA,
+    nothing on the CPU (the extraction and the benchmark's bare forward both use it)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -584,13 +592,12 @@ def _run_forward(loaded: LoadedModel, data: ImageSet, layers: list[str], directo
     n = len(data)
     net = loaded.net.to(device).eval()
     gpu = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
     writers: dict[str, _LayerWriter] = {}
     done = 0
 
     def forward(start: int, x: torch.Tensor) -> None:
         nonlocal done
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=gpu):
+        with autocast(device):
             net(x)
         done = start + len(x)
         if progress:
@@ -697,10 +704,11 @@ def drop_features(loaded: LoadedModel, data: ImageSet, root: Path | None = None)
 
 
 def forward_throughput(loaded: LoadedModel, batches: list[torch.Tensor], device: torch.device) -> float:
-    """Images/s of the bare model over pre-made batches (the benchmark's reference)."""
+    """Images/s of the bare model over pre-made batches (the benchmark's reference), with the
+    extraction's own precision (:func:`autocast`)."""
     net = loaded.net.to(device).eval()
     xs = [b.to(device) for b in batches]
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device):
         net(xs[0])
         if device.type == "cuda":
             torch.cuda.synchronize()
