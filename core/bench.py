@@ -46,11 +46,11 @@ class BenchSizes:
     """Problem sizes of one benchmark run (``None`` reference subsets: all filters)."""
 
     extraction_images: int = 2000
-    extraction_repeats: int = 7        # back-to-back pairs (bare, pipeline)
+    extraction_repeats: int = 11       # back-to-back pairs (bare, pipeline): single runs vary by +-20%
     batch_size: int = 128
     alexnet_images: int = 256          # torchvision AlexNet at 227 px: ~10 ms an image on 2 cores
     alexnet_batch_size: int = 64
-    alexnet_repeats: int = 5
+    alexnet_repeats: int = 7
     aue_images: int = 1000          # paper AlexNet conv5: 256 filters of 13x13
     aue_filters: int = 256
     aue_side: int = 13

@@ -127,12 +127,6 @@ class ReportRequest:
         return export.permalink(page, params, self.base_url)
 
 
-def model_label(model_id: str) -> str:
-    """Short legend name of a model: 'fine-tuned', 'pretrained', 'snapshot 00200'…"""
-    v = model_id.split(":", 1)[-1]
-    return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
-
-
 def _paper(ref: str, what: str, task: service.TaskSpec, split: str) -> str:
     return f"Reproduces {ref} of {figures.PAPER}: {what} · {task.title} ({split})."
 
@@ -149,13 +143,13 @@ def _item(req: ReportRequest, key: str, fig: go.Figure, *, title: str, caption: 
 def _selectivity_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
     layers = service.layers_of(req.model)
     res = {(m, l): service.selectivity(m, req.task, l, progress=progress) for m in req.models for l in layers}
-    curves = [{"label": f"{l} · {model_label(m)}", "layer": l, "variant": model_label(m), "fraction": r.fraction,
+    curves = [{"label": f"{l} · {service.model_label(m)}", "layer": l, "variant": service.model_label(m), "fraction": r.fraction,
                "mean_aue": r.mean_aue, "aue": r.aue} for (m, l), r in res.items()]
     base = res[(req.model, req.layer)]
     band = ({"fraction": base.fraction, "lo": base.baseline_mean_aue.min(0), "hi": base.baseline_mean_aue.max(0),
              "label": f"shuffled labels ({req.layer})"} if len(base.baseline_mean_aue) else None)
     fig = figures.selectivity_figure(curves, baseline=band)
-    table = pd.DataFrame({model_label(m): [float(res[(m, l)].aue.mean()) for l in layers] for m in req.models},
+    table = pd.DataFrame({service.model_label(m): [float(res[(m, l)].aue.mean()) for l in layers] for m in req.models},
                          index=pd.Index(layers, name="layer")).round(3)
     return _item(req, "sel", fig, title="Class selectivity by layer (lower = more selective)", ref="Fig. 1",
                  caption=_paper("Fig. 1", "mean AuE of the k most selective filters vs. k / F; dash-dot "
@@ -174,10 +168,10 @@ def _pr_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None)
     name = main.class_names[c]
     curves, rows = [], []
     for m in req.models:
-        group = model_label(m) if req.compare else f"{model_label(m)} · top 5 filters"
+        group = service.model_label(m) if req.compare else f"{service.model_label(m)} · top 5 filters"
         for pr in service.pr_curves(m, req.task, req.layer, c, aps[m].top_filters(c, 5)):
             curves.append({**pr, "label": f"#{pr['filter']}", "group": group})
-            rows.append({"model": model_label(m), "filter": pr["filter"], "AP": round(pr["ap"], 3)})
+            rows.append({"model": service.model_label(m), "filter": pr["filter"], "AP": round(pr["ap"], 3)})
     rows.append({"model": "random filter", "filter": -1, "AP": round(float(main.prevalence[c]), 3)})
     fig = figures.pr_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
     return _item(req, "pr", fig, title=f"Single-filter precision-recall · {name}", ref="Fig. 3",
@@ -190,13 +184,8 @@ def _pr_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None)
 
 def _needed_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
     res = {m: service.filters_needed(m, req.task, req.layer, progress=progress) for m in req.models}
-    main = res[req.model]
-    names = list(main.class_names)
-    fig = figures.filters_needed_models_figure(res, req.model, req.compare, label=model_label)
-    rows = {(model_label(m), level): [int(v) for v in getattr(res[m], attr)] for m in req.models
-            for level, attr in (("50%", "k50"), ("90%", "k90"))}
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "perf."])
+    fig = figures.filters_needed_models_figure(res, req.model, req.compare, label=service.model_label)
+    table = service.filters_needed_table(res)
     return _item(req, "needed", fig, title="How many filters does a class need?", ref="Fig. 4 / Table 5",
                  caption=_paper("Fig. 4 and Table 5", f"AP of the top-k |SVM weight| {req.layer} filters as a "
                                 "fraction of the AP with all of them", t, "train → test split"),
@@ -217,7 +206,7 @@ def _overlap_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | 
     fig = figures.overlap_figure(o.matrix, o.class_names, order=o.order, chance=o.chance, k=o.k, sets=o.sets)
     table = pd.DataFrame(o.matrix[np.ix_(o.order, o.order)], index=pd.Index(names, name="class"),
                          columns=names).round(3)
-    return _item(req, "overlap", fig, title=f"Top-{o.k} filter overlap between classes · {model_label(req.model)}",
+    return _item(req, "overlap", fig, title=f"Top-{o.k} filter overlap between classes · {service.model_label(req.model)}",
                  ref="Fig. 5", caption=_paper("Fig. 5", f"fraction of shared top-{o.k} |SVM weight| {req.layer} "
                                               f"filters between classes (chance {o.chance:.3f})", t,
                                               "SVMs trained on the train split"),
@@ -229,12 +218,12 @@ def _sparsity_item(req: ReportRequest, t: service.TaskSpec, progress: Progress |
     rows, provs = [], []
     for m in req.models:
         res = service.sparsity(m, req.task, progress=progress)
-        rows += [{**r, "variant": model_label(m)} for r in res["table"]]
+        rows += [{**r, "variant": service.model_label(m)} for r in res["table"]]
         provs.append(res["provenance"])
     fig = figures.sparsity_figure(rows)
     df = pd.DataFrame(rows)
     table = df.pivot(index="variant", columns="layer", values="mean")[service.layers_of(req.model)]
-    table = table.reindex([model_label(m) for m in req.models]).round(1)
+    table = table.reindex([service.model_label(m) for m in req.models]).round(1)
     return _item(req, "sparsity", fig, title="Sparsity of filter responses by layer", ref="Table 6",
                  caption=_paper("Table 6", "percent non-zero responses per layer (mean ± std over items)", t,
                                 "test split"),
@@ -247,7 +236,7 @@ def _ablation_item(req: ReportRequest, t: service.TaskSpec, progress: Progress |
     for m in req.models:
         for layer in layers:
             res = service.ablation(m, req.task, layer, seeds=req.ablation_seeds, progress=progress)
-            rows += [{**r, "layer": layer, "variant": model_label(m)} for r in res["summary"]]
+            rows += [{**r, "layer": layer, "variant": service.model_label(m)} for r in res["summary"]]
             provs.append(res["provenance"])
     fig = figures.ablation_figure(rows)
     table = pd.DataFrame([{"variant": r["variant"], "layer": r["layer"], "ablation": r["ablation"],
@@ -264,7 +253,7 @@ def _ablation_item(req: ReportRequest, t: service.TaskSpec, progress: Progress |
 
 def _layers_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
     df = service.layer_map_table(req.models, req.task, progress=progress)
-    df.columns = [model_label(m) for m in req.models]
+    df.columns = [service.model_label(m) for m in req.models]
     df = df.round(1)
     fig = figures.layer_map_figure(df)
     provs = [layer_map_provenance(m, t) for m in req.models]

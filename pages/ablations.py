@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import computing, guard, short_label, show_figure, show_table, sidebar
+from ui.common import computing, guard, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-cls")  # every task: CLS, DET-GT, scenes, detection (Table 8)
 task = service.task(sel.task)
@@ -21,20 +21,20 @@ st.header("Sparsity per layer (Table 6)")
 with guard("sparsity"):
     rows, per_class = [], {}
     for m in sel.models:
-        res = computing(f"Sparsity of {short_label(m)}…", service.sparsity, m, sel.task)
-        rows += [{**r, "variant": short_label(m)} for r in res["table"]]
-        per_class[short_label(m)] = res
+        res = computing(f"Sparsity of {service.model_label(m)}…", service.sparsity, m, sel.task)
+        rows += [{**r, "variant": service.model_label(m)} for r in res["table"]]
+        per_class[service.model_label(m)] = res
     fig = figures.sparsity_figure(rows)
     figures.apply_style(fig, title=None, caption=f"Reproduces Table 6 · {task.title} (test split)",
                         stamp=res["provenance"].stamp(), presentation=pres)
-    provs = [per_class[short_label(m)]["provenance"] for m in sel.models]
+    provs = [per_class[service.model_label(m)]["provenance"] for m in sel.models]
     table = pd.DataFrame(rows).pivot(index="variant", columns="layer", values="mean")[service.layers_of(sel.model)]
     show_figure(fig, "sparsity", provenance=provs, table=table.round(1),
                 table_caption="Table 6: non-zero responses (%)")
     show_table(table.round(1), "sparsity_table", provenance=provs, width="stretch",
                caption=f"Table 6: non-zero responses (%) · {task.title}")
     with st.expander("Per class (% non-zero)"):
-        first = per_class[short_label(sel.model)]
+        first = per_class[service.model_label(sel.model)]
         show_table(pd.DataFrame(first["per_class"], index=first["class_names"]).round(1), "sparsity_per_class",
                    provenance=first["provenance"], width="stretch", caption="Non-zero responses (%) per class")
 
@@ -47,9 +47,9 @@ with guard("the ablations"):
     rows = []
     for m in sel.models:
         for layer in chosen:
-            res = computing(f"Ablations of {short_label(m)} {layer} ({seeds} splits)…", service.task_ablation,
+            res = computing(f"Ablations of {service.model_label(m)} {layer} ({seeds} splits)…", service.task_ablation,
                             m, sel.task, layer, seeds=tuple(range(seeds)))
-            rows += [{**r, "layer": layer, "variant": short_label(m)} for r in res["summary"]]
+            rows += [{**r, "layer": layer, "variant": service.model_label(m)} for r in res["summary"]]
     if rows:
         fig = figures.ablation_figure(rows)
         figures.apply_style(fig, title=None, caption=f"Reproduces Tables 7-8 · {task.title}",

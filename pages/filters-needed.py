@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import computing, guard, preset, short_label, show_figure, show_table, sidebar, widget_key
+from ui.common import computing, guard, preset, show_figure, show_table, sidebar, widget_key
 
 preset(layer="conv5")
 sel = sidebar(default_task="demo-detgt")
@@ -20,7 +20,7 @@ st.markdown(
 )
 
 with guard("the filters-needed curves"):
-    res = {m: computing(f"Ranking {sel.layer} filters with per-class SVMs · {short_label(m)}…",
+    res = {m: computing(f"Ranking {sel.layer} filters with per-class SVMs · {service.model_label(m)}…",
                         service.filters_needed, m, sel.task, sel.layer) for m in sel.models}
     main = res[sel.model]
     names = list(main.class_names)
@@ -28,24 +28,21 @@ with guard("the filters-needed curves"):
     if not chosen:
         st.info("Pick at least one class.")
     else:
-        fig = figures.filters_needed_models_figure(res, sel.model, sel.compare, label=short_label, classes=chosen)
+        fig = figures.filters_needed_models_figure(res, sel.model, sel.compare, label=service.model_label, classes=chosen)
         figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 4 · {sel.layer} · {task.title} "
                                                      "(train → test split)",
                             stamp=main.provenance.stamp(), presentation=pres)
         show_figure(fig, "fn_curves", provenance=[res[m].provenance for m in sel.models], theme=None)
 
     st.subheader("Filters needed for 50% / 90% of the complete performance (Table 5)")
-    rows = {(short_label(m), level): list(getattr(res[m], attr)) for level, attr in (("50%", "k50"), ("90%", "k90"))
-            for m in sel.models}
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "perf."])
+    table = service.filters_needed_table(res)
     provs = [res[m].provenance for m in sel.models]
     show_table(table, "fn_table5", provenance=provs, width="stretch",
                caption=f"Table 5: {sel.layer} filters needed for 50% / 90% of the complete performance")
     ks = main.ranking.k_values
     st.caption(f"k out of {int(ks[-1])} {sel.layer} filters; subset sizes tried: "
                f"{', '.join(str(int(k)) for k in ks)}.")
-    full = pd.DataFrame({short_label(m): res[m].ranking.full_ap for m in sel.models}, index=names).T
+    full = pd.DataFrame({service.model_label(m): res[m].ranking.full_ap for m in sel.models}, index=names).T
     st.markdown("**Complete performance** (test AP of the SVM on all filters, per class)")
     show_table(full.round(3), "fn_full_ap", provenance=provs, width="stretch",
                caption=f"Complete performance: test AP of the SVM on all {sel.layer} filters")

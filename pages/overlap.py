@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import (clickable, computing, guard, new_click, preset, short_label, show_figure, show_table, sidebar,
+from ui.common import (clickable, computing, guard, new_click, preset, show_figure, show_table, sidebar,
                        widget_key)
 
 preset(layer="conv5")
@@ -22,7 +22,7 @@ st.markdown(
 )
 
 with guard("the overlap matrix"):
-    ranked = {m: computing(f"Ranking {sel.layer} filters with per-class SVMs · {short_label(m)}…",
+    ranked = {m: computing(f"Ranking {sel.layer} filters with per-class SVMs · {service.model_label(m)}…",
                            service.filters_needed, m, sel.task, sel.layer) for m in sel.models}
     width = int(ranked[sel.model].ranking.ranking.shape[1])
     if st.session_state.get("ov_k", 0) not in range(1, width + 1):
@@ -40,10 +40,10 @@ with guard("the overlap matrix"):
         o = ov[m]
         fig = figures.overlap_figure(o.matrix, o.class_names, order=main.order, chance=o.chance, k=o.k,
                                      sets=o.sets)
-        figures.apply_style(fig, title=f"Top-{o.k} filter overlap · {short_label(m)} (chance {o.chance:.3f})"
+        figures.apply_style(fig, title=f"Top-{o.k} filter overlap · {service.model_label(m)} (chance {o.chance:.3f})"
                             if sel.compare else None,
                             caption=f"Reproduces Fig. 5 · {sel.layer} · {task.title} (SVMs trained on the train split)"
-                                    + (f" · class order of {short_label(sel.model)}" if sel.compare else ""),
+                                    + (f" · class order of {service.model_label(sel.model)}" if sel.compare else ""),
                             stamp=o.provenance.stamp(), presentation=pres)
         events[m] = show_figure(clickable(fig), f"ov_matrix_{'main' if m == sel.model else 'compare'}",
                                 provenance=o.provenance, on_select="rerun", selection_mode="points", theme=None)
@@ -64,7 +64,7 @@ with guard("the overlap matrix"):
     classes = list(range(len(names)))  # fixed options: the clustered order changes with k
     i = c1.selectbox("Class i", classes, format_func=lambda c: names[c], key=ikey)
     j = c2.selectbox("Class j", classes, format_func=lambda c: names[c], key=jkey)
-    model = c3.radio("Model", sel.models, format_func=short_label, horizontal=True, key="ov_model") \
+    model = c3.radio("Model", sel.models, format_func=service.model_label, horizontal=True, key="ov_model") \
         if sel.compare else sel.model
     shared = service.shared_filters(model, sel.task, sel.layer, i, j, k)
     r = ranked[model].ranking
@@ -72,7 +72,7 @@ with guard("the overlap matrix"):
     rank_j = {int(f): n + 1 for n, f in enumerate(r.ranking[j])}
     o = ov[model]
     st.markdown(f"**{len(shared)} of {k}** top-{k} filters shared by *{names[i]}* and *{names[j]}* "
-                f"({len(shared) / k:.0%}; chance {o.chance:.0%}) · {short_label(model)} {sel.layer}")
+                f"({len(shared) / k:.0%}; chance {o.chance:.0%}) · {service.model_label(model)} {sel.layer}")
     if len(shared):
         df = pd.DataFrame({"filter": shared,
                            f"rank (i: {names[i]})": [rank_i[int(f)] for f in shared],

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, report, service
-from ui.common import computing, guard, model_label, short_label, show_figure, show_table, sidebar
+from ui.common import computing, guard, model_label, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-detgt")
 task = service.task(sel.task)
@@ -47,7 +47,7 @@ st.caption("Least-squares linear SVM per class on each layer's features, trained
 with guard("the per-layer mAP table"):
     ids = sel.models
     df = computing("Computing per-layer mAP…", service.layer_map_table, ids, sel.task)
-    df.columns = [short_label(m) for m in ids]
+    df.columns = [service.model_label(m) for m in ids]
     fig = figures.layer_map_figure(df.round(1))
     figures.apply_style(fig, title=None, caption=f"Tables 1-4 analogue · {task.title}",
                         presentation=st.session_state.get("presentation", False))
@@ -62,7 +62,7 @@ if service.task(sel.task).kind in ("det-gt", "scene"):
     with guard("the findings"):
         rows = computing("Checking findings…", service.findings, sel.model, pre, sel.task)
         summary = service.findings_summary(rows)
-        st.caption(f"Comparing {short_label(sel.model)} with {short_label(pre)} on {task.title}. {summary}. "
+        st.caption(f"Comparing {service.model_label(sel.model)} with {service.model_label(pre)} on {task.title}. {summary}. "
                    "Each verdict follows the rule written in `core/analysis/findings.py`; "
                    "`python -m core findings --json F` prints the same table.")
         mark = {True: "✅ holds", False: "❌ does not hold", None: "➖ not measured"}

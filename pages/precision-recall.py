@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, figures, service
-from ui.common import computing, guard, preset, short_label, show_figure, show_table, sidebar
+from ui.common import computing, guard, preset, show_figure, show_table, sidebar
 
 preset(layer="conv5")
 sel = sidebar(cls=True, default_task="demo-detgt")
@@ -23,7 +23,7 @@ st.markdown(
 aps: dict = {}
 with guard("the precision-recall curves"):
     for m in sel.models:
-        aps[m] = computing(f"Single-filter AP of {short_label(m)} {sel.layer}…", service.filter_ap, m, sel.task,
+        aps[m] = computing(f"Single-filter AP of {service.model_label(m)} {sel.layer}…", service.filter_ap, m, sel.task,
                            sel.layer)
     main = aps[sel.model]
     c, name = sel.cls, main.class_names[sel.cls]
@@ -31,13 +31,13 @@ with guard("the precision-recall curves"):
     for m in sel.models:
         for pr in service.pr_curves(m, sel.task, sel.layer, c, aps[m].top_filters(c, 5)):
             # compare mode: one colour per model as the paper (red fine-tuned, blue pretrained); else per filter
-            group = short_label(m) if sel.compare else f"{short_label(m)} · top 5 filters"
+            group = service.model_label(m) if sel.compare else f"{service.model_label(m)} · top 5 filters"
             curves.append({**pr, "label": f"#{pr['filter']}", "group": group})
     fn = computing(f"Per-class SVMs on all {sel.layer} filters…", service.filters_needed, sel.model, sel.task,
                    sel.layer)
     cols = st.columns(3)
     cols[0].metric(f"Best single filter · {name}", f"{main.ap[c].max():.3f}",
-                   help=f"AP of filter #{main.top_filters(c, 1)[0]} ({short_label(sel.model)}) used alone")
+                   help=f"AP of filter #{main.top_filters(c, 1)[0]} ({service.model_label(sel.model)}) used alone")
     cols[1].metric(f"SVM on all {main.ap.shape[1]} filters", f"{fn.ranking.full_ap[c]:.3f}",
                    help="Test AP of a linear SVM trained on all filters of the layer (Sec. 4.2)")
     cols[2].metric("Random filter", f"{main.prevalence[c]:.3f}", help="AP of a random score = class prevalence")
@@ -50,13 +50,13 @@ st.header("Grandmother cells? Best single filter per class")
 with guard("the grandmother-cell view"):
     if st.session_state.get("pr_board_model") not in sel.models:
         st.session_state["pr_board_model"] = sel.model
-    model = st.radio("Model", sel.models, format_func=short_label, horizontal=True, key="pr_board_model") \
+    model = st.radio("Model", sel.models, format_func=service.model_label, horizontal=True, key="pr_board_model") \
         if sel.compare else sel.model
     res = aps[model]
     full = computing(f"Per-class SVMs on all {sel.layer} filters…", service.filters_needed, model, sel.task,
                      sel.layer).ranking.full_ap
     fig = figures.leaderboard_figure(res.ap.max(1), res.ap.argmax(1), full, res.class_names)
-    figures.apply_style(fig, title=f"Best single filter per class vs. all filters · {short_label(model)}",
+    figures.apply_style(fig, title=f"Best single filter per class vs. all filters · {service.model_label(model)}",
                         caption=f"Sec. 4.1 · {sel.layer} · {task.title} (test split)",
                         stamp=res.provenance.stamp(), presentation=pres)
     show_figure(fig, "pr_leaderboard", provenance=res.provenance, theme=None)
@@ -81,7 +81,7 @@ with guard("the AP heatmap"):
              "none": "by filter id"}
     sort = st.selectbox("Order filters", list(sorts), format_func=sorts.get, key="pr_heat_sort")
     fig = figures.ap_heatmap_figure(res.ap, res.class_names, sort=sort)
-    figures.apply_style(fig, title=f"Single-filter AP per class · {short_label(model)} {sel.layer}",
+    figures.apply_style(fig, title=f"Single-filter AP per class · {service.model_label(model)} {sel.layer}",
                         caption=f"Sec. 4.1 / Fig. 3 data · {task.title} (test split)",
                         stamp=res.provenance.stamp(), presentation=pres)
     show_figure(fig, "pr_heatmap", provenance=res.provenance, theme=None)

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, probe, service
-from ui.common import computing, custom_value, guard, new_click, preset, short_label, show_figure, show_table, sidebar
+from ui.common import computing, custom_value, guard, new_click, preset, show_figure, show_table, sidebar
 
 MAX_TABS = 12  # per-image detail tabs; the across-images chart covers every image
 REPRO_TOP = "Reproduces the top-activation views of Secs. 3-4."
@@ -103,7 +103,7 @@ with guard("the probe"):
     for m in sel.models:
         t0 = time.perf_counter()
         results[m] = probe.probe(m, sel.task, sel.layer, images)
-        timing.append(f"{short_label(m)} {1e3 * (time.perf_counter() - t0):.0f} ms")
+        timing.append(f"{service.model_label(m)} {1e3 * (time.perf_counter() - t0):.0f} ms")
     st.caption(f"Probed {len(images)} image{'s' * (len(images) > 1)} at {sel.layer} "
                f"({'sample images' if samples else 'your uploads'}): " + " · ".join(timing) + ".")
 if not results:
@@ -124,14 +124,14 @@ def _strongest(m: str, i: int, r) -> None:
         grid = figures.image_grid_figure([r.image] * len(top), titles=[f"#{f} · {_pct(r.percentiles[f])}" for f in top],
                                          heatmaps=[r.maps[f] for f in top], cols=4, normalize="each",
                                          alpha=ALPHA, tile_height=tile_h)
-        figures.apply_style(grid, title=f"Where the strongest filters fire · {short_label(m)}", caption=REPRO_TOP,
+        figures.apply_style(grid, title=f"Where the strongest filters fire · {service.model_label(m)}", caption=REPRO_TOP,
                             presentation=pres)
         show_figure(grid, f"probe_grid_{m}_{i}")
     else:
         st.caption(f"{sel.layer} is fully connected: its filters have no spatial map.")
     bars = figures.probe_bars_figure(top, r.percentiles[top], r.responses[top], layer=sel.layer,
                                      classes=[_signals(sig[int(f)]) for f in top], image_name=r.name)
-    figures.apply_style(bars, title=f"Strongest {sel.layer} filters · {short_label(m)}", presentation=pres,
+    figures.apply_style(bars, title=f"Strongest {sel.layer} filters · {service.model_label(m)}", presentation=pres,
                         caption="Reproduces Sec. 4 (max-pooled responses). Text: raw response.")
     event = show_figure(bars, f"probe_bars_{m}_{i}", on_select="rerun", selection_mode="points")
     clicked = new_click(event, f"probe_bars_{m}_{i}")
@@ -151,7 +151,7 @@ def _strongest(m: str, i: int, r) -> None:
                    width="stretch", column_config={"probability": st.column_config.ProgressColumn(
                          "probability", min_value=0.0, max_value=1.0, format="%.3f")})
     else:
-        st.caption(f"No predictions: {short_label(m)}'s classifier does not output this task's classes.")
+        st.caption(f"No predictions: {service.model_label(m)}'s classifier does not output this task's classes.")
 
 
 st.header("Strongest filters per image")
@@ -177,7 +177,7 @@ for i, tab in enumerate(tabs):
         cols = st.columns(len(sel.models))
         for col, m in zip(cols, sel.models):
             with col:
-                st.subheader(short_label(m))
+                st.subheader(service.model_label(m))
                 _strongest(m, i, results[m][i])
 
 st.header("One filter across your images")
@@ -190,7 +190,7 @@ with guard("the chosen filter"):
                         key=filter_key, help="Starts at the strongest filter of the first image; "
                                              "click a bar in the charts above to pick another.")
     models = [m for m in sel.models if filt < len(results[m][0].responses)]
-    series = [{"label": short_label(m), "percentiles": [r.percentiles[filt] for r in results[m]],
+    series = [{"label": service.model_label(m), "percentiles": [r.percentiles[filt] for r in results[m]],
                "responses": [r.responses[filt] for r in results[m]]} for m in models]
     fig = figures.filter_response_figure([name for name, _ in images], series, filter_id=filt, layer=sel.layer)
     figures.apply_style(fig, title=None, presentation=pres)
@@ -200,7 +200,7 @@ with guard("the chosen filter"):
     cols = st.columns(len(models))
     for col, m in zip(cols, models):
         with col:
-            st.subheader(short_label(m))
+            st.subheader(service.model_label(m))
             classes = probe.filter_classes(m, sel.task, sel.layer, filt)
             st.markdown(f"**Signals:** {', '.join(f'{c} (AP {ap:.2f})' for c, ap in classes)}")
             rs = results[m][:MAX_TABS]

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import (clickable, computing, custom_value, guard, new_click, preset, select_and_rerun, short_label,
+from ui.common import (clickable, computing, custom_value, guard, new_click, preset, select_and_rerun,
                        show_figure, show_table, sidebar, widget_key)
 
 preset(layer="conv5")
@@ -40,7 +40,7 @@ with guard("the selectivity curves"):
     for m in sel.models:
         for l in shown:
             r = results[(m, l)]
-            curves.append({"label": f"{l} · {short_label(m)}", "layer": l, "variant": short_label(m),
+            curves.append({"label": f"{l} · {service.model_label(m)}", "layer": l, "variant": service.model_label(m),
                            "fraction": r.fraction, "mean_aue": r.mean_aue, "aue": r.aue})
             keys.append((m, l))
     base = results[(sel.model, sel.layer)]
@@ -65,14 +65,14 @@ st.header(f"Inspect a filter of {sel.layer}")
 with guard("the filter view"):
     if st.session_state.get("selv_model") not in sel.models:
         st.session_state["selv_model"] = sel.model
-    model = st.radio("Model", sel.models, format_func=short_label, horizontal=True, key="selv_model") \
+    model = st.radio("Model", sel.models, format_func=service.model_label, horizontal=True, key="selv_model") \
         if sel.compare else sel.model
     res = results.get((model, sel.layer)) or service.selectivity(model, sel.task, sel.layer)
     order = np.argsort(res.aue, kind="stable")
     rank = {int(f): i + 1 for i, f in enumerate(order)}
     fkey = f"selv_filter_{model}_{sel.layer}"  # one widget per model and layer: its labels depend on them
 
-    st.subheader(f"The 10 most selective {sel.layer} filters · {short_label(model)}")
+    st.subheader(f"The 10 most selective {sel.layer} filters · {service.model_label(model)}")
     top = pd.DataFrame({"rank": np.arange(1, 11)[:len(order)], "filter": order[:10],
                         "AuE (bits)": res.aue[order[:10]].round(3)})
     picked = show_table(top, "selv_top", provenance=res.provenance, hide_index=True, on_select="rerun",
@@ -99,7 +99,7 @@ with guard("the filter view"):
     ti = right.slider("Activation threshold (steps from the lowest to the highest response)",
                       0, len(thr) - 1, key="selv_thr")
     right.caption(f"threshold = **{thr[ti]:.4g}** · responses at or above it: {int(ec['histograms'][ti].sum())}")
-    caption = f"{task.title} (test split) · {short_label(model)}"
+    caption = f"{task.title} (test split) · {service.model_label(model)}"
     narrow = {"stamp": textwrap.fill(res.provenance.stamp(), 95), "presentation": pres}  # half-width charts
     c1, c2 = st.columns(2)
     with c1:

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core import figures, report, service
-from ui.common import computing, guard, short_label, show_figure, show_table, sidebar
+from ui.common import computing, guard, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, compare=False, default_task="demo-cls")
 task = service.task(sel.task)
@@ -44,7 +44,7 @@ def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
     st.header(header)
     with guard(f"the {table} analogue"):
         df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task)
-        df.columns = [short_label(m) for m in ids]
+        df.columns = [service.model_label(m) for m in ids]
         provs = [report.layer_map_provenance(m, task) for m in ids]
         show_figure(_style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"), key, provenance=provs,
                     table=df.round(1), table_caption=f"{table} analogue: per-layer mAP (%)")

@@ -371,3 +371,21 @@ def test_training_curves_figure():
     assert [t.name for t in fig.data] == ["pretrain", "scratch"]
     np.testing.assert_array_equal(np.asarray(fig.data[0].x), [1, 4, 7])
     np.testing.assert_array_equal(_y(fig.data[1]), [2.5, 2.4])
+
+
+def test_filters_needed_table_is_table_5_of_the_results():
+    """Table 5 as the page and the report show it: one (model, 50% | 90%) row per model, in order,
+    holding that model's k50 / k90 per class."""
+    from types import SimpleNamespace
+
+    from core import service
+
+    res = {"demo:finetuned": SimpleNamespace(k50=np.array([1, 2, 3, 4, 5]), k90=np.array([6, 7, 8, 9, 10]),
+                                             class_names=tuple(NAMES)),
+           "demo:snapshot-00200": SimpleNamespace(k50=np.array([5, 4, 3, 2, 1]), k90=np.array([9, 9, 9, 9, 9]),
+                                                  class_names=tuple(NAMES))}
+    table = service.filters_needed_table(res)
+    assert list(table.columns) == NAMES and table.index.names == ["model", "perf."]
+    assert list(table.index) == [("fine-tuned", "50%"), ("fine-tuned", "90%"),
+                                 ("snapshot 00200", "50%"), ("snapshot 00200", "90%")]
+    assert table.to_numpy().tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [5, 4, 3, 2, 1], [9] * 5]

@@ -499,12 +499,6 @@ def model_label(model_id: str) -> str:
     return service.models().get(model_id, model_id)
 
 
-def short_label(model_id: str) -> str:
-    """Short legend name: 'fine-tuned', 'pretrained', 'snapshot 200'…"""
-    v = model_id.split(":", 1)[-1]
-    return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
-
-
 def _freeze_imports() -> None:
     """Keep what the server imported (streamlit, torch, plotly, pandas, core: ~420k objects)
     out of the garbage collector's full collections. They live as long as the process, and

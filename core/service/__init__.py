@@ -33,14 +33,14 @@ from core.extraction import Progress
 from core.service.analyses import (TABLE_CLASSIFIER, AblationRequest, FilterAPRequest, FilterAPResult,
                                    FiltersNeededResult, LayerMapRequest, OverlapResult, RankingRequest,
                                    SelectivityRequest, SelectivityResult, SparsityRequest, ablation,
-                                   cluster_order, entropy_curve, filter_ap, filters_needed, layer_map,
-                                   layer_map_table, overlap, pr_curves, selectivity, shared_filters, sparsity,
-                                   svm_ranking, top_activations)
+                                   cluster_order, entropy_curve, filter_ap, filters_needed, filters_needed_table,
+                                   layer_map, layer_map_table, overlap, pr_curves, selectivity, shared_filters,
+                                   sparsity, svm_ranking, top_activations)
 from core.service.catalog import (MODEL_ALIASES, TaskSpec, config_errors, configure_from_env, demo_summary,
                                   demo_variants, first_layer_weights, layer_shapes, layers_of, load_detection,
-                                  load_model, load_set, model_info, models, register_imagefolder, register_model,
-                                  register_sun397, register_task, register_voc, register_voc_detection,
-                                  resolve_model, task, tasks, training_curves)
+                                  load_model, load_set, model_info, model_label, models, register_imagefolder,
+                                  register_model, register_sun397, register_task, register_voc,
+                                  register_voc_detection, resolve_model, task, tasks, training_curves)
 from core.service.detection_tasks import (DEMO_DETECTION, REAL_DETECTION, DetectionRequest, asdict_config,
                                           detection_config, detection_images, detection_map, detection_result,
                                           detections, is_detection_cached)
@@ -57,7 +57,7 @@ __all__ = [
     "DataMissingError", "InputError", "Progress",
     # catalog
     "TaskSpec", "MODEL_ALIASES", "register_task", "tasks", "task", "models", "resolve_model", "load_model",
-    "load_set", "load_detection", "model_info", "layers_of", "layer_shapes", "first_layer_weights",
+    "load_set", "load_detection", "model_info", "model_label", "layers_of", "layer_shapes", "first_layer_weights",
     "demo_variants", "training_curves", "demo_summary", "register_model", "register_voc",
     "register_voc_detection", "register_sun397", "register_imagefolder", "configure_from_env", "config_errors",
     # stored features
@@ -67,7 +67,7 @@ __all__ = [
     # per-layer analyses
     "TABLE_CLASSIFIER", "SelectivityRequest", "SelectivityResult", "selectivity", "entropy_curve",
     "FilterAPRequest", "FilterAPResult", "filter_ap", "pr_curves", "top_activations", "RankingRequest",
-    "svm_ranking", "FiltersNeededResult", "filters_needed", "OverlapResult", "overlap", "shared_filters",
+    "svm_ranking", "FiltersNeededResult", "filters_needed", "filters_needed_table", "OverlapResult", "overlap", "shared_filters",
     "cluster_order", "SparsityRequest", "sparsity", "AblationRequest", "ablation", "LayerMapRequest",
     "layer_map", "layer_map_table",
     # detection and scene tasks

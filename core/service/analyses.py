@@ -16,7 +16,7 @@ from core import analysis
 from core.datasets import ImageSet
 from core.errors import InputError
 from core.extraction import Progress
-from core.service.catalog import layers_of, load_set, task
+from core.service.catalog import layers_of, load_set, model_label, task
 from core.service.feature_store import features, pooled
 from core.service.provenance import Provenance, _cached, _prov
 
@@ -317,6 +317,20 @@ def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None
 
     return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute,
                    progress)
+
+
+def filters_needed_table(results: dict[str, FiltersNeededResult]):
+    """Table 5: DataFrame with rows ``(model label, "50%" | "90%")`` (models in ``results``'
+    order) and one column per class: the number of filters a class needs for that fraction
+    of its complete AP (:func:`filters_needed`)."""
+    import pandas as pd
+
+    rows = {(model_label(m), level): [int(v) for v in getattr(r, attr)] for m, r in results.items()
+            for level, attr in (("50%", "k50"), ("90%", "k90"))}
+    names = list(next(iter(results.values())).class_names)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=names)
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["model", "perf."])
+    return table
 
 
 def layer_map_table(model_ids: Sequence[str], task_id: str, layers: Sequence[str] | None = None,

@@ -94,6 +94,12 @@ def models() -> dict[str, str]:
 MODEL_ALIASES = {"demo": "demo:finetuned"}
 
 
+def model_label(model_id: str) -> str:
+    """Short legend name of a model: 'fine-tuned', 'pretrained', 'snapshot 00200'…"""
+    v = model_id.split(":", 1)[-1]
+    return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
+
+
 def resolve_model(model_id: str) -> str:
     """The model id behind what a user typed (an alias of :data:`MODEL_ALIASES` or an id).
 
