@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,55 @@ READABLE_FORMATS = (1, 2)
 Progress = Callable[[int, int, str], None]
 
 
+# --------------------------------------------------------------------------- buffers
+class BufferPool:
+    """CPU buffers kept mapped between extractions in this process, up to ``limit`` bytes.
+
+    Memory a process frees goes back to the kernel, and on a VM with a balloon device (these
+    2-core machines) back to the host within seconds; touching it again costs a host fault per
+    4 KiB page: a fresh 40 MB buffer took 116-137 ms to fill against 2 ms for the same buffer
+    reused (measured here). One extraction's input batch and hook buffers (AlexNet, batch 64:
+    ~66 MB) would pay that on every call. :meth:`take` hands a buffer out for exclusive use (a
+    new one when none of that shape, dtype and layout is free, e.g. while another extraction
+    holds it); :meth:`give` returns it; the least recently returned are dropped over ``limit``.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(shape: Sequence[int], dtype: torch.dtype, fmt: torch.memory_format) -> tuple:
+        return tuple(shape), dtype, fmt
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        with self._lock:
+            free = self._free.get(self._key(shape, dtype, memory_format))
+            if free:
+                buf = free.pop()
+                self.held -= buf.nbytes
+                return buf
+        return torch.empty(tuple(shape), dtype=dtype, memory_format=memory_format)
+
+    def give(self, buf: torch.Tensor) -> None:
+        fmt = torch.channels_last if channels_last(buf) else torch.contiguous_format
+        key = self._key(buf.shape, buf.dtype, fmt)
+        with self._lock:
+            self._free[key] = self._free.pop(key, []) + [buf]   # most recently returned last
+            self.held += buf.nbytes
+            while self.held > self.limit:
+                oldest = next(iter(self._free))
+                self.held -= self._free[oldest].pop(0).nbytes
+                if not self._free[oldest]:
+                    del self._free[oldest]
+
+
+#: Shared by every extraction in this process (the app's server runs many, one after another).
+POOL = BufferPool(limit=256 << 20)
+
+
 # --------------------------------------------------------------------------- hooks
 def channels_last(t: torch.Tensor | np.ndarray) -> bool:
     """True for a 4-D ``[N, C, H, W]`` tensor or array whose bytes are ``NHWC`` (and not also ``NCHW``)."""
@@ -59,9 +109,9 @@ def _detached_copy(out: torch.Tensor, dtype: torch.dtype,
     """A dense copy of ``out`` converted to ``dtype``, in ``out``'s memory layout: a
     channels-last output stays channels-last (one straight converting copy, no transpose).
 
-    With ``buffers`` (CPU only) the copy lands in ``buffers[key]``, allocated once and
-    reused by every later batch: a fresh multi-MB tensor per batch costs a page fault per
-    4 KiB, three times the copy itself (measured on the 2-core machine).
+    With ``buffers`` (CPU only) the copy lands in ``buffers[key]``, taken once from
+    :data:`POOL` and reused by every later batch: a fresh multi-MB tensor per batch costs a
+    page fault per 4 KiB, three times the copy itself (measured on the 2-core machine).
     """
     src = out.detach()
     fmt = torch.channels_last if channels_last(src) else torch.contiguous_format
@@ -70,7 +120,9 @@ def _detached_copy(out: torch.Tensor, dtype: torch.dtype,
     buf = buffers.get(key)
     if (buf is None or buf.dtype != dtype or buf.shape[1:] != src.shape[1:] or len(buf) < len(src)
             or not buf.is_contiguous(memory_format=fmt)):
-        buf = buffers[key] = torch.empty(src.shape, dtype=dtype, memory_format=fmt)
+        if buf is not None:
+            POOL.give(buf)
+        buf = buffers[key] = POOL.take(src.shape, dtype, fmt)
     dst = buf[:len(src)]
     dst.copy_(src)
     return dst
@@ -86,8 +138,9 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
     copied (torchvision's in-place ReLUs would otherwise alias them), dense in the layout
     the network produced (:func:`channels_last` tells which), and converted to ``dtype``
     in the same copy when given. ``reuse=True`` copies CPU outputs
-    into one buffer per layer that the next forward overwrites: the caller must be done
-    with a batch's outputs before it runs the next one. ``maxima``, when given, receives each
+    into one buffer per layer that the next forward overwrites, taken from :data:`POOL` and
+    given back on exit: the caller must be done with a batch's outputs before it runs the
+    next one, and with all of them when the block exits. ``maxima``, when given, receives each
     conv output's spatial maxima ``[B, C]``, taken from the output as computed and converted to
     ``dtype`` after: the same numbers as the maxima of the converted maps (rounding is monotonic),
     at a fraction of the cost (a float16 reduction is ~25x slower than a float32 one on the CPU).
@@ -109,6 +162,8 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
     finally:
         for h in handles:
             h.remove()
+        for buf in (buffers or {}).values():
+            POOL.give(buf)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -237,18 +292,22 @@ def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: t
                     x = x.pin_memory().to(device, non_blocking=True)
                 yield start, x
             return
-        buf = np.empty((min(n, batch_size), size, size, 3), np.float32)
+        held = POOL.take((min(n, batch_size), size, size, 3), torch.float32)
+        buf = held.numpy()
         fan = fan or _Fan(1)
 
         def block(lo: int, hi: int, start: int) -> Callable[[], None]:
             return lambda: uint8_to_input(data.images[start + lo:start + hi], spec.mean, spec.std, size,
                                           out=buf[lo:hi])
 
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            edges = np.linspace(0, m, fan.width + 1).astype(int)
-            fan.run([block(lo, hi, start) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo])
-            yield start, torch.from_numpy(buf[:m]).permute(0, 3, 1, 2)
+        try:
+            for start in range(0, n, batch_size):
+                m = min(batch_size, n - start)
+                edges = np.linspace(0, m, fan.width + 1).astype(int)
+                fan.run([block(lo, hi, start) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo])
+                yield start, held[:m].permute(0, 3, 1, 2)
+        finally:
+            POOL.give(held)
         return
     if device.type == "cpu" and not num_workers:
         # In this process, in turn with the forward: a DataLoader worker process would
@@ -258,10 +317,13 @@ def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: t
         # Resize and crop image by image (uint8), then normalise them into one batch buffer.
         spec = loaded.spec
         geometric = spec.geometric_transform()
-        buf = torch.empty((min(n, batch_size), 3, spec.input_size, spec.input_size))
-        for start in range(0, n, batch_size):
-            crops = [geometric(_uint8_image(data, i)) for i in range(start, min(n, start + batch_size))]
-            yield start, spec.normalize_batch(crops, out=buf)
+        buf = POOL.take((min(n, batch_size), 3, spec.input_size, spec.input_size), torch.float32)
+        try:
+            for start in range(0, n, batch_size):
+                crops = [geometric(_uint8_image(data, i)) for i in range(start, min(n, start + batch_size))]
+                yield start, spec.normalize_batch(crops, out=buf)
+        finally:
+            POOL.give(buf)
         return
     if num_workers is None:
         num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))

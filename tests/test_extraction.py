@@ -138,6 +138,53 @@ def test_cpu_input_batches_are_torchvision_transforms_bit_for_bit():
             assert x.dtype == ref.dtype and x.is_contiguous() and torch.equal(x, ref), (type(data), start)
 
 
+def test_buffer_pool_hands_out_exclusive_buffers_and_keeps_a_bounded_few():
+    pool = extraction.BufferPool(limit=3 * 4096)
+    a, b = pool.take((2, 512), torch.float32), pool.take((2, 512), torch.float32)  # 4 KiB each
+    assert a.data_ptr() != b.data_ptr()
+    pool.give(a)
+    again = pool.take((2, 512), torch.float32)
+    assert again.data_ptr() == a.data_ptr()                         # reused, not reallocated
+    assert pool.take((2, 512), torch.float32).data_ptr() not in (a.data_ptr(), b.data_ptr())
+    cl = pool.take((1, 4, 8, 8), torch.float32, torch.channels_last)
+    assert extraction.channels_last(cl)
+    pool.give(cl)
+    fresh = pool.take((1, 4, 8, 8), torch.float32)                    # layout is part of the key
+    assert fresh.is_contiguous() and fresh.data_ptr() != cl.data_ptr()
+    bufs = [pool.take((2, 512), torch.float32) for _ in range(5)]
+    for x in bufs:
+        pool.give(x)
+    assert pool.held == 3 * 4096                                      # the oldest dropped first
+    kept = {pool.take((2, 512), torch.float32).data_ptr() for _ in range(3)}
+    assert kept == {x.data_ptr() for x in bufs[2:]} and pool.held == 0
+
+
+def test_concurrent_extractions_through_the_shared_pool_match_the_forward(tmp_path, tiny_images):
+    """Two threads extracting two networks at once, twice each, through the process-wide
+    buffer pool: every store equals that network's direct forward pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images, labels = tiny_images
+    ds = ArrayImageSet("tiny", images, labels, ["a", "b", "c"])
+    nets = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        nets.append(models.build_demo(num_classes=3))
+    refs = [_direct(lm, images) for lm in nets]
+
+    def run(k: int, r: int) -> dict:
+        got = extraction.extract(nets[k], ds, ["conv1", "conv5", "fc7"], device="cpu", batch_size=8,
+                                 root=tmp_path / f"{k}-{r}")
+        return {layer: np.asarray(f.array()).astype(np.float32) for layer, f in got.items()}
+
+    with ThreadPoolExecutor(2) as pool:
+        jobs = {(k, r): pool.submit(run, k, r) for r in range(2) for k in range(2)}
+    for (k, _), job in jobs.items():
+        for layer, arr in job.result().items():
+            ref = refs[k][layer]
+            np.testing.assert_allclose(arr, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
 def test_hooks_removed_on_error(tiny_images):
     lm = models.build_demo(num_classes=3)
     with pytest.raises(RuntimeError):
