@@ -47,7 +47,8 @@ Progress = Callable[[int, int, str], None]
 
 # --------------------------------------------------------------------------- buffers
 class BufferPool:
-    """CPU buffers kept mapped between extractions in this process, up to ``limit`` bytes.
+    """CPU buffers kept mapped between extractions in this process, up to ``limit`` bytes (128 MB:
+    AlexNet at batch 64 holds 66 MB, the demo net at batch 128 13 MB).
 
     Memory a process frees goes back to the kernel, and on a VM with a balloon device (these
     2-core machines) back to the host within seconds; touching it again costs a host fault per
@@ -75,7 +76,8 @@ class BufferPool:
                 buf = free.pop()
                 self.held -= buf.nbytes
                 return buf
-        return torch.empty(tuple(shape), dtype=dtype, memory_format=memory_format)
+        with torch.inference_mode(False):  # a normal tensor: an inference one is read-only outside that mode
+            return torch.empty(tuple(shape), dtype=dtype, memory_format=memory_format)
 
     def give(self, buf: torch.Tensor) -> None:
         fmt = torch.channels_last if channels_last(buf) else torch.contiguous_format
@@ -91,7 +93,7 @@ class BufferPool:
 
 
 #: Shared by every extraction in this process (the app's server runs many, one after another).
-POOL = BufferPool(limit=256 << 20)
+POOL = BufferPool(limit=128 << 20)
 
 
 # --------------------------------------------------------------------------- hooks

@@ -157,6 +157,9 @@ def test_buffer_pool_hands_out_exclusive_buffers_and_keeps_a_bounded_few():
     assert pool.held == 3 * 4096                                      # the oldest dropped first
     kept = {pool.take((2, 512), torch.float32).data_ptr() for _ in range(3)}
     assert kept == {x.data_ptr() for x in bufs[2:]} and pool.held == 0
+    with torch.inference_mode():  # extraction takes its buffers there; later users may not be
+        made_inside = pool.take((3,), torch.float32)
+    made_inside.fill_(1.0)
 
 
 def test_concurrent_extractions_through_the_shared_pool_match_the_forward(tmp_path, tiny_images):
