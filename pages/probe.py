@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, probe, service
-from ui.common import computing, custom_value, guard, new_click, preset, show_figure, show_table, sidebar
+from ui.common import (computing, custom_value, guard, memo_figure, new_click, preset, show_figure, show_table,
+                       sidebar)
 
 MAX_TABS = 12  # per-image detail tabs; the across-images chart covers every image
 REPRO_TOP = "Reproduces the top-activation views of Secs. 3-4."
@@ -120,19 +121,28 @@ def _strongest(m: str, i: int, r) -> None:
     """One model's view of one image: heatmaps, percentile bars, table, predictions."""
     top = r.strongest(k)
     sig = probe.signalled_classes(m, sel.task, sel.layer, top)
-    if r.maps is not None:
-        grid = figures.image_grid_figure([r.image] * len(top), titles=[f"#{f} · {_pct(r.percentiles[f])}" for f in top],
+    seen = (m, sel.task, sel.layer, r.fingerprint, r.name, tuple(int(f) for f in top), pres)  # all the figures show
+
+    def grid_figure():
+        grid = figures.image_grid_figure([r.image] * len(top),
+                                         titles=[f"#{f} · {_pct(r.percentiles[f])}" for f in top],
                                          heatmaps=[r.maps[f] for f in top], cols=4, normalize="each",
                                          alpha=ALPHA, tile_height=tile_h)
-        figures.apply_style(grid, title=f"Where the strongest filters fire · {service.model_label(m)}", caption=REPRO_TOP,
-                            presentation=pres)
-        show_figure(grid, f"probe_grid_{m}_{i}")
+        return figures.apply_style(grid, title=f"Where the strongest filters fire · {service.model_label(m)}",
+                                   caption=REPRO_TOP, presentation=pres)
+
+    def bars_figure():
+        bars = figures.probe_bars_figure(top, r.percentiles[top], r.responses[top], layer=sel.layer,
+                                         classes=[_signals(sig[int(f)]) for f in top], image_name=r.name)
+        return figures.apply_style(bars, title=f"Strongest {sel.layer} filters · {service.model_label(m)}",
+                                   presentation=pres,
+                                   caption="Reproduces Sec. 4 (max-pooled responses). Text: raw response.")
+
+    if r.maps is not None:
+        show_figure(memo_figure(("probe_grid", tile_h, *seen), grid_figure), f"probe_grid_{m}_{i}")
     else:
         st.caption(f"{sel.layer} is fully connected: its filters have no spatial map.")
-    bars = figures.probe_bars_figure(top, r.percentiles[top], r.responses[top], layer=sel.layer,
-                                     classes=[_signals(sig[int(f)]) for f in top], image_name=r.name)
-    figures.apply_style(bars, title=f"Strongest {sel.layer} filters · {service.model_label(m)}", presentation=pres,
-                        caption="Reproduces Sec. 4 (max-pooled responses). Text: raw response.")
+    bars = memo_figure(("probe_bars", *seen), bars_figure)
     event = show_figure(bars, f"probe_bars_{m}_{i}", on_select="rerun", selection_mode="points")
     clicked = new_click(event, f"probe_bars_{m}_{i}")
     if clicked is not None:  # a click on a bar picks that filter below
@@ -190,11 +200,16 @@ with guard("the chosen filter"):
                         key=filter_key, help="Starts at the strongest filter of the first image; "
                                              "click a bar in the charts above to pick another.")
     models = [m for m in sel.models if filt < len(results[m][0].responses)]
-    series = [{"label": service.model_label(m), "percentiles": [r.percentiles[filt] for r in results[m]],
-               "responses": [r.responses[filt] for r in results[m]]} for m in models]
-    fig = figures.filter_response_figure([name for name, _ in images], series, filter_id=filt, layer=sel.layer)
-    figures.apply_style(fig, title=None, presentation=pres)
-    show_figure(fig, "probe_filter_responses")
+    shown_items = {m: tuple((r.fingerprint, r.name) for r in results[m]) for m in models}
+
+    def responses_figure():
+        series = [{"label": service.model_label(m), "percentiles": [r.percentiles[filt] for r in results[m]],
+                   "responses": [r.responses[filt] for r in results[m]]} for m in models]
+        fig = figures.filter_response_figure([name for name, _ in images], series, filter_id=filt, layer=sel.layer)
+        return figures.apply_style(fig, title=None, presentation=pres)
+
+    show_figure(memo_figure(("probe_responses", sel.task, sel.layer, filt, pres, tuple(shown_items.items())),
+                            responses_figure), "probe_filter_responses")
     st.caption("Below, per model: the classes this filter detects best on its own (single-filter AP, Sec. 4.1), "
                "its response map on your images (one colour scale for all) and the test items that excite it most.")
     cols = st.columns(len(models))
@@ -204,24 +219,32 @@ with guard("the chosen filter"):
             classes = probe.filter_classes(m, sel.task, sel.layer, filt)
             st.markdown(f"**Signals:** {', '.join(f'{c} (AP {ap:.2f})' for c, ap in classes)}")
             rs = results[m][:MAX_TABS]
-            if rs[0].maps is not None:
+            seen = (m, sel.task, sel.layer, filt, pres, tile_h)
+
+            def filter_grid(rs=rs):
                 grid = figures.image_grid_figure([r.image for r in rs],
                                                  titles=[f"{_short(r.name, name_len)} · {_pct(r.percentiles[filt])}"
                                                          for r in rs],
                                                  heatmaps=[r.maps[filt] for r in rs], cols=4, alpha=ALPHA,
                                                  tile_height=tile_h)
-                figures.apply_style(grid, title=f"Filter #{filt} on your images", caption=REPRO_TOP,
-                                    presentation=pres)
-                show_figure(grid, f"probe_filter_grid_{m}")
+                return figures.apply_style(grid, title=f"Filter #{filt} on your images", caption=REPRO_TOP,
+                                           presentation=pres)
+
+            if rs[0].maps is not None:
+                show_figure(memo_figure(("probe_filter_grid", *seen, name_len, shown_items[m][:MAX_TABS]), filter_grid),
+                            f"probe_filter_grid_{m}")
             top = service.top_activations(m, sel.task, sel.layer, filt, n=8)
             names = probe.dataset_names(sel.task, top["indices"])
-            grid = figures.image_grid_figure(
-                probe.dataset_views(m, sel.task, top["indices"]),
-                titles=[f"#{i} · {s:.2f}" for i, s in zip(top["indices"], top["scores"])],
-                heatmaps=list(top["maps"]) if top["maps"] is not None else None, cols=4, alpha=ALPHA,
-                tile_height=tile_h)
-            figures.apply_style(grid, title=f"Test items that excite #{filt} most", caption=REPRO_TOP,
-                                presentation=pres)
-            show_figure(grid, f"probe_top_{m}")
+
+            def top_grid(m=m, top=top):
+                grid = figures.image_grid_figure(
+                    probe.dataset_views(m, sel.task, top["indices"]),
+                    titles=[f"#{i} · {s:.2f}" for i, s in zip(top["indices"], top["scores"])],
+                    heatmaps=list(top["maps"]) if top["maps"] is not None else None, cols=4, alpha=ALPHA,
+                    tile_height=tile_h)
+                return figures.apply_style(grid, title=f"Test items that excite #{filt} most", caption=REPRO_TOP,
+                                           presentation=pres)
+
+            show_figure(memo_figure(("probe_top", *seen), top_grid), f"probe_top_{m}")
             st.caption("Top-activating test items (response): "
                        + "; ".join(f"{n} {s:.3g}" for n, s in zip(names, top["scores"])) + ".")

@@ -356,3 +356,36 @@ def test_page_compare_mode_shows_both_models_side_by_side(demo_env):
     fig = _responses_figure(at)
     assert [d["name"] for d in fig["data"]] == ["fine-tuned", "pretrained"]
     assert any("No predictions" in c.value for c in at.caption)  # the pretrained net predicts source classes
+
+
+def test_page_figures_are_kept_between_reruns_and_follow_what_they_show(demo_env):
+    """The page keeps its figures between reruns (ui.common.memo_figure); each one is rebuilt
+    when a widget it depends on changes: the number of filters shown, the chosen filter, the
+    presentation mode."""
+    at = _page()
+
+    def titled(prefix: str) -> dict:
+        figs = [f for f in plotly_figures(at) if f["layout"]["title"]["text"].startswith(prefix)]
+        assert len(figs) == 1, [f["layout"]["title"]["text"] for f in plotly_figures(at)]
+        return figs[0]
+
+    def shown() -> tuple[int, int, str, str, int]:
+        grid, bars = titled("Where the strongest filters fire"), titled("Strongest conv5 filters")
+        return (len(grid["data"]), len(bars["data"][0]["y"]), _responses_figure(at)["layout"]["title"]["text"],
+                titled("Test items that excite")["layout"]["title"]["text"], grid["layout"]["font"]["size"])
+
+    k, n_bars, responses, top, size = shown()
+    assert k == n_bars == 8 and size == 16
+    at.run()                                                  # nothing changed: the same figures
+    assert shown() == (k, n_bars, responses, top, size) and not at.exception
+    at.slider(key="probe_k").set_value(5).run()
+    assert shown()[:2] == (5, 5) and shown()[2:] == (responses, top, size)
+    key = next(s.key for s in at.selectbox if s.key and s.key.startswith("probe_filter_"))
+    other = next(f for f in at.selectbox(key=key).options if f"#{f[1:]} " not in responses + " ")
+    at.selectbox(key=key).set_value(int(other[1:])).run()
+    assert not at.exception
+    _, _, responses2, top2, _ = shown()
+    assert f"filter {other} on each image" in responses2 and f"excite {other} most" in top2
+    at.session_state["presentation"] = True
+    at.run()
+    assert shown()[4] == 22

@@ -394,6 +394,30 @@ def _table_downloads(box: Any, df: Any, key: str, stamp: str, caption: str) -> N
                         help="Booktabs LaTeX table (needs \\usepackage{booktabs}), caption and stamp included.")
 
 
+FIGURE_MEMO = "_figure_memo"  #: session-state dict: memo_figure's key -> figure, least recently used first
+FIGURE_MEMO_SIZE = 16
+
+
+def memo_figure(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``'s figure, kept in this session under ``key``, which must name every input the
+    figure depends on (model, task, layer, items, the widgets' values, presentation mode).
+
+    A rerun that changes none of them (a widget elsewhere on the page, a click on a bar, the
+    pages' own reruns) reuses the figure instead of building it again: plotly's object model
+    takes 20-30 ms per styled image grid on the 2-core machine, most of the probe page's warm
+    render. The figure must not be changed after ``build`` (pins and exports take copies).
+    The least recently used are dropped past :data:`FIGURE_MEMO_SIZE`.
+    """
+    memo = st.session_state.setdefault(FIGURE_MEMO, {})
+    fig = memo.pop(key, None)
+    if fig is None:
+        fig = build()
+    memo[key] = fig
+    while len(memo) > FIGURE_MEMO_SIZE:
+        memo.pop(next(iter(memo)))
+    return fig
+
+
 def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None = None,
                 caption: str | None = None, table: Any = None, table_caption: str = "",
                 paper_ref: str | None = None, title: str | None = None, **chart_kwargs: Any) -> Any:
