@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, service
-from ui.common import (clickable, computing, custom_value, guard, new_click, preset, select_and_rerun,
-                       show_figure, show_table, sidebar, widget_key)
+from ui.common import (clickable, computing, custom_value, guard, memo_figure, new_click, preset,
+                       select_and_rerun, show_figure, show_table, sidebar, widget_key)
 
 preset(layer="conv5")
 sel = sidebar(task_kinds=("det-gt", "scene"), default_task="demo-detgt")
@@ -44,14 +44,20 @@ with guard("the selectivity curves"):
                            "fraction": r.fraction, "mean_aue": r.mean_aue, "aue": r.aue})
             keys.append((m, l))
     base = results[(sel.model, sel.layer)]
-    band = {"fraction": base.fraction, "lo": base.baseline_mean_aue.min(0), "hi": base.baseline_mean_aue.max(0),
-            "label": f"shuffled labels ({sel.layer})"} if len(base.baseline_mean_aue) else None
-    fig = figures.selectivity_figure(curves, baseline=band)
-    figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 1 · {task.title} (test split)",
-                        stamp=base.provenance.stamp(), presentation=pres)
+
+    def fig1():
+        band = {"fraction": base.fraction, "lo": base.baseline_mean_aue.min(0), "hi": base.baseline_mean_aue.max(0),
+                "label": f"shuffled labels ({sel.layer})"} if len(base.baseline_mean_aue) else None
+        fig = figures.selectivity_figure(curves, baseline=band)
+        figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 1 · {task.title} (test split)",
+                            stamp=base.provenance.stamp(), presentation=pres)
+        return clickable(fig)
+
+    # each result's provenance stamp names its model, weights, data, layer and when it was computed
+    fig = memo_figure(("selv_fig1", sel.task, sel.layer, pres, tuple(keys), base.provenance.stamp(),
+                       tuple(results[k].provenance.stamp() for k in keys)), fig1)
     provs = [results[(m, sel.layer)].provenance for m in sel.models]
-    event = show_figure(clickable(fig), "selv_fig1", provenance=provs, on_select="rerun", selection_mode="points",
-                        theme=None)
+    event = show_figure(fig, "selv_fig1", provenance=provs, on_select="rerun", selection_mode="points", theme=None)
     keys = [None] * (len(fig.data) - len(keys)) + keys  # the band's traces come first
     p = new_click(event, "selv_fig1")
     if p is not None and 0 <= p.get("curve_number", -1) < len(keys) and keys[p["curve_number"]]:
@@ -101,29 +107,40 @@ with guard("the filter view"):
     right.caption(f"threshold = **{thr[ti]:.4g}** · responses at or above it: {int(ec['histograms'][ti].sum())}")
     caption = f"{task.title} (test split) · {service.model_label(model)}"
     narrow = {"stamp": textwrap.fill(res.provenance.stamp(), 95), "presentation": pres}  # half-width charts
-    c1, c2 = st.columns(2)
-    with c1:
+    seen = (sel.task, sel.layer, model, filt, pres, res.provenance.stamp())  # what every figure below shows
+
+    def entropy_figure():
         fig = figures.entropy_curve_figure(thr, ec["entropy"], filter_id=filt, layer=sel.layer, threshold=thr[ti])
-        figures.apply_style(fig, title=None, caption=textwrap.fill(f"Entropy curve behind Fig. 1 (Appendix); "
-                                                                   f"shaded area = AuE · {caption}", 70), **narrow)
-        show_figure(fig, "selv_entropy", provenance=res.provenance, theme=None)
-    with c2:
+        return figures.apply_style(fig, title=None, caption=textwrap.fill(
+            f"Entropy curve behind Fig. 1 (Appendix); shaded area = AuE · {caption}", 70), **narrow)
+
+    def histogram_figure():
         fig = figures.class_histogram_figure(ec["histograms"][ti], ec["class_names"], threshold=thr[ti],
                                              filter_id=filt)
-        figures.apply_style(fig, title=None, caption=textwrap.fill(f"Classes of the responses ≥ the threshold "
-                                                                   f"(their entropy is the curve) · {caption}", 70),
-                            **narrow)
-        show_figure(fig, "selv_hist", provenance=res.provenance, theme=None)
+        return figures.apply_style(fig, title=None, caption=textwrap.fill(
+            f"Classes of the responses ≥ the threshold (their entropy is the curve) · {caption}", 70), **narrow)
+
+    c1, c2 = st.columns(2)
+    with c1:
+        show_figure(memo_figure(("selv_entropy", ti, *seen), entropy_figure), "selv_entropy",
+                    provenance=res.provenance, theme=None)
+    with c2:
+        show_figure(memo_figure(("selv_hist", ti, *seen), histogram_figure), "selv_hist",
+                    provenance=res.provenance, theme=None)
 
     n = st.slider("Top-activating test items", 4, 16, 8, step=4, key="selv_n")
-    ta = service.top_activations(model, sel.task, sel.layer, filt, n=n)
-    data = service.load_set(task.test)
-    images = [np.asarray(data.image(int(i)).convert("RGB")) for i in ta["indices"]]
-    titles = [f"{data.class_names[int(data.labels[i])]} · {s:.3g}" for i, s in zip(ta["indices"], ta["scores"])]
-    maps = list(ta["maps"]) if ta["maps"] is not None else None
-    fig = figures.image_grid_figure(images, titles=titles, heatmaps=maps, cols=4)
-    figures.apply_style(fig, title=f"Top-activating test items · {sel.layer} filter #{filt}",
-                        caption=f"Titles: true class · max response. "
-                                + ("Overlay: the filter's response map. " if maps is not None else "")
-                                + caption, stamp=res.provenance.stamp(), presentation=pres)
-    show_figure(fig, "selv_top_images", provenance=res.provenance, theme=None)
+
+    def top_items_figure():
+        ta = service.top_activations(model, sel.task, sel.layer, filt, n=n)
+        data = service.load_set(task.test)
+        images = [np.asarray(data.image(int(i)).convert("RGB")) for i in ta["indices"]]
+        titles = [f"{data.class_names[int(data.labels[i])]} · {s:.3g}" for i, s in zip(ta["indices"], ta["scores"])]
+        maps = list(ta["maps"]) if ta["maps"] is not None else None
+        fig = figures.image_grid_figure(images, titles=titles, heatmaps=maps, cols=4)
+        return figures.apply_style(fig, title=f"Top-activating test items · {sel.layer} filter #{filt}",
+                                   caption=f"Titles: true class · max response. "
+                                           + ("Overlay: the filter's response map. " if maps is not None else "")
+                                           + caption, stamp=res.provenance.stamp(), presentation=pres)
+
+    show_figure(memo_figure(("selv_top_images", n, *seen), top_items_figure), "selv_top_images",
+                provenance=res.provenance, theme=None)

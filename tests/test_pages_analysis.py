@@ -121,6 +121,12 @@ def test_selectivity_widgets_and_clicks_change_the_view():
     assert _sidebar_select(at, "Layer").value == "fc7"
     assert at.selectbox(key=f"selv_filter_{MODEL}_fc7").value == fid
     assert f"fc7 filter #{fid}" in plotly_figures(at)[1]["layout"]["title"]["text"]
+    # the page keeps its figures between reruns (ui.common.memo_figure): presentation mode rebuilds them
+    assert {f["layout"]["font"]["size"] for f in plotly_figures(at)} == {16}
+    at.session_state["presentation"] = True
+    at.run()
+    _ok(at)
+    assert {f["layout"]["font"]["size"] for f in plotly_figures(at)} == {22}
 
 
 def test_selectivity_compare_mode_overlays_the_pretrained_net():
