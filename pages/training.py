@@ -1,8 +1,11 @@
 """Training dynamics: pretraining snapshots (Table 3, Fig. 2), regimes (Table 1), ft vs fc-ft (Table 2), Table 4."""
+import hashlib
+
 import streamlit as st
 
 from core import figures, report, service
-from ui.common import computing, guard, show_figure, show_table, sidebar
+from core.config import stable_hash
+from ui.common import computing, guard, memo_figure, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, compare=False, default_task="demo-cls")
 task = service.task(sel.task)
@@ -21,7 +24,9 @@ def _style(fig, caption, stamp=None):
 st.header("Pretraining snapshots (Table 3, Fig. 2)")
 with guard("the snapshot table"):
     snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task)
-    show_figure(_style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3"), "snapshots",
+    # figures are kept between reruns (memo_figure), keyed by the numbers they draw
+    show_figure(memo_figure(("snapshots", sel.task, pres, snap.round(1).to_json()),
+                            lambda: _style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3")), "snapshots",
                 table=snap.round(1), table_caption="Table 3: mAP (%) of pretraining snapshots")
     show_table(snap.round(1), "snapshots_table", width="stretch",
                caption=f"Table 3 analogue: per-layer mAP (%) of each pretraining snapshot · {task.title}")
@@ -32,8 +37,10 @@ with guard("the snapshot table"):
     c1, c2 = st.columns([3, 2])
     with c1:
         w = service.first_layer_weights(f"demo:snapshot-{it:05d}")
-        fig = figures.filter_grid_figure(w, title=f"conv1 filters after {it} iterations")
-        show_figure(_style(fig, "Reproduces Fig. 2"), "conv1_grid")
+        fig = memo_figure(("conv1_grid", it, sel.task, pres, hashlib.sha256(w.tobytes()).hexdigest()),
+                          lambda: _style(figures.filter_grid_figure(w, title=f"conv1 filters after {it} iterations"),
+                                         "Reproduces Fig. 2"))
+        show_figure(fig, "conv1_grid")
     with c2:
         st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
         show_table(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), "snapshot_it_table", width="stretch",
@@ -46,8 +53,9 @@ def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
         df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task)
         df.columns = [service.model_label(m) for m in ids]
         provs = [report.layer_map_provenance(m, task) for m in ids]
-        show_figure(_style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"), key, provenance=provs,
-                    table=df.round(1), table_caption=f"{table} analogue: per-layer mAP (%)")
+        fig = memo_figure((key, sel.task, pres, df.round(1).to_json()),
+                          lambda: _style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"))
+        show_figure(fig, key, provenance=provs, table=df.round(1), table_caption=f"{table} analogue: per-layer mAP (%)")
         show_table(df.round(1), f"{key}_table", provenance=provs, width="stretch",
                    caption=f"{table} analogue: per-layer mAP (%) · {task.title}")
 
@@ -76,8 +84,10 @@ if task.kind in ("det", "scene"):
                        caption=f"Table {n}: measured on {task.title} beside the paper's AlexNet figures")
 
 with st.expander("Training loss curves and the networks' own accuracy"):
-    show_figure(figures.apply_style(figures.training_curves_figure(service.training_curves()), title=None,
-                                    presentation=pres), "loss_curves")
+    curves = service.training_curves()
+    show_figure(memo_figure(("loss_curves", pres, stable_hash(curves)),
+                            lambda: figures.apply_style(figures.training_curves_figure(curves), title=None,
+                                                        presentation=pres)), "loss_curves")
     summary = service.demo_summary()
     st.write({"source val accuracy (pretrained)": summary["source_val_accuracy"],
               "target DET-GT test accuracy": summary["finetune"],

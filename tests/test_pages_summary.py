@@ -68,3 +68,11 @@ def test_training_dynamics_snapshots_and_regimes(demo_env):
     at.select_slider(key="snap_it").set_value(its[0]).run()
     _no_errors(at)
     assert at.get("plotly_chart")[1].proto.spec != grid_before  # other snapshot -> other conv1 filters
+    at.select_slider(key="snap_it").set_value(its[-1]).run()
+    assert at.get("plotly_chart")[1].proto.spec == grid_before   # back: the same figure (kept or rebuilt)
+    # the page keeps its figures between reruns (ui.common.memo_figure): presentation mode rebuilds them
+    assert {f["layout"]["font"]["size"] for f in plotly_figures(at)} == {16}
+    at.session_state["presentation"] = True
+    at.run()
+    _no_errors(at)
+    assert {f["layout"]["font"]["size"] for f in plotly_figures(at)} == {22}
