@@ -143,8 +143,8 @@ def _item(req: ReportRequest, key: str, fig: go.Figure, *, title: str, caption: 
 def _selectivity_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
     layers = service.layers_of(req.model)
     res = {(m, l): service.selectivity(m, req.task, l, progress=progress) for m in req.models for l in layers}
-    curves = [{"label": f"{l} · {service.model_label(m)}", "layer": l, "variant": service.model_label(m), "fraction": r.fraction,
-               "mean_aue": r.mean_aue, "aue": r.aue} for (m, l), r in res.items()]
+    curves = [{"label": f"{l} · {service.model_label(m)}", "layer": l, "variant": service.model_label(m),
+               "fraction": r.fraction, "mean_aue": r.mean_aue, "aue": r.aue} for (m, l), r in res.items()]
     base = res[(req.model, req.layer)]
     band = ({"fraction": base.fraction, "lo": base.baseline_mean_aue.min(0), "hi": base.baseline_mean_aue.max(0),
              "label": f"shuffled labels ({req.layer})"} if len(base.baseline_mean_aue) else None)
@@ -206,7 +206,8 @@ def _overlap_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | 
     fig = figures.overlap_figure(o.matrix, o.class_names, order=o.order, chance=o.chance, k=o.k, sets=o.sets)
     table = pd.DataFrame(o.matrix[np.ix_(o.order, o.order)], index=pd.Index(names, name="class"),
                          columns=names).round(3)
-    return _item(req, "overlap", fig, title=f"Top-{o.k} filter overlap between classes · {service.model_label(req.model)}",
+    return _item(req, "overlap", fig,
+                 title=f"Top-{o.k} filter overlap between classes · {service.model_label(req.model)}",
                  ref="Fig. 5", caption=_paper("Fig. 5", f"fraction of shared top-{o.k} |SVM weight| {req.layer} "
                                               f"filters between classes (chance {o.chance:.3f})", t,
                                               "SVMs trained on the train split"),

@@ -67,8 +67,8 @@ __all__ = [
     # per-layer analyses
     "TABLE_CLASSIFIER", "SelectivityRequest", "SelectivityResult", "selectivity", "entropy_curve",
     "FilterAPRequest", "FilterAPResult", "filter_ap", "pr_curves", "top_activations", "RankingRequest",
-    "svm_ranking", "FiltersNeededResult", "filters_needed", "filters_needed_table", "OverlapResult", "overlap", "shared_filters",
-    "cluster_order", "SparsityRequest", "sparsity", "AblationRequest", "ablation", "LayerMapRequest",
+    "svm_ranking", "FiltersNeededResult", "filters_needed", "filters_needed_table", "OverlapResult", "overlap",
+    "shared_filters", "cluster_order", "SparsityRequest", "sparsity", "AblationRequest", "ablation", "LayerMapRequest",
     "layer_map", "layer_map_table",
     # detection and scene tasks
     "DEMO_DETECTION", "REAL_DETECTION", "DetectionRequest", "detection_config", "detection_result",
