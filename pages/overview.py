@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import figures, report, service
-from ui.common import computing, guard, model_label, show_figure, show_table, sidebar
+from ui.common import computing, guard, model_title, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-detgt")
 task = service.task(sel.task)
@@ -18,7 +18,7 @@ with guard("the model summary"):
     left, right = st.columns(2)
     info = service.model_info(sel.model)
     with left:
-        st.subheader(model_label(sel.model))
+        st.subheader(model_title(sel.model))
         st.markdown(
             f"- **Architecture:** `{info['arch']}` · {info['num_classes']} outputs · input {info['input_size']} px\n"
             f"- **Weights:** {info['weights_source']}"

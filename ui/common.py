@@ -519,7 +519,8 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
     return Selection(model, task_id, chosen_layer, cmp_model, c)
 
 
-def model_label(model_id: str) -> str:
+def model_title(model_id: str) -> str:
+    """A model's full title ('Demo net, fine-tuned (all layers)'); legends use service.model_label."""
     return service.models().get(model_id, model_id)
 
 
