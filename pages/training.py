@@ -23,12 +23,12 @@ def _style(fig, caption, stamp=None):
 
 st.header("Pretraining snapshots (Table 3, Fig. 2)")
 with guard("the snapshot table"):
-    snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task)
+    snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task).round(1)
     # figures are kept between reruns (memo_figure), keyed by the numbers they draw
-    show_figure(memo_figure(("snapshots", sel.task, pres, snap.round(1).to_json()),
-                            lambda: _style(figures.snapshot_figure(snap.round(1)), "Reproduces Table 3")), "snapshots",
-                table=snap.round(1), table_caption="Table 3: mAP (%) of pretraining snapshots")
-    show_table(snap.round(1), "snapshots_table", width="stretch",
+    show_figure(memo_figure(("snapshots", sel.task, pres, snap.to_json()),
+                            lambda: _style(figures.snapshot_figure(snap), "Reproduces Table 3")), "snapshots",
+                table=snap, table_caption="Table 3: mAP (%) of pretraining snapshots")
+    show_table(snap, "snapshots_table", width="stretch",
                caption=f"Table 3 analogue: per-layer mAP (%) of each pretraining snapshot · {task.title}")
     its = list(snap.index)
     it = st.select_slider("Snapshot (pretraining iteration)", options=its, value=its[-1], key="snap_it")
@@ -43,20 +43,20 @@ with guard("the snapshot table"):
         show_figure(fig, "conv1_grid")
     with c2:
         st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
-        show_table(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}).round(1), "snapshot_it_table", width="stretch",
+        show_table(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}), "snapshot_it_table", width="stretch",
                    caption=f"mAP (%) per layer after {it} pretraining iterations")
 
 def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
     """Per-layer mAP of several models as a figure and a table."""
     st.header(header)
     with guard(f"the {table} analogue"):
-        df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task)
+        df = computing(f"Per-layer mAP for {table}…", service.layer_map_table, ids, sel.task).round(1)
         df.columns = [service.model_label(m) for m in ids]
         provs = [report.layer_map_provenance(m, task) for m in ids]
-        fig = memo_figure((key, sel.task, pres, df.round(1).to_json()),
-                          lambda: _style(figures.layer_map_figure(df.round(1)), f"Reproduces {table}"))
-        show_figure(fig, key, provenance=provs, table=df.round(1), table_caption=f"{table} analogue: per-layer mAP (%)")
-        show_table(df.round(1), f"{key}_table", provenance=provs, width="stretch",
+        fig = memo_figure((key, sel.task, pres, df.to_json()),
+                          lambda: _style(figures.layer_map_figure(df), f"Reproduces {table}"))
+        show_figure(fig, key, provenance=provs, table=df, table_caption=f"{table} analogue: per-layer mAP (%)")
+        show_table(df, f"{key}_table", provenance=provs, width="stretch",
                    caption=f"{table} analogue: per-layer mAP (%) · {task.title}")
 
 
