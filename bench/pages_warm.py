@@ -47,7 +47,7 @@ def _time_page(at, rel: str, repeats: int) -> tuple[float | None, list[str]]:
 def main(budget_s: float | None, repeats: int = 3) -> dict:
     from streamlit.testing.v1 import AppTest
 
-    from core import demo
+    from core.demo import build as demo
 
     if not demo.is_built():
         return {"skip": "demo not built: run python -m core demo"}

@@ -40,28 +40,30 @@ def tqdm_progress(desc: str = "") -> Iterator:
 
 def _demo_profile(args: argparse.Namespace) -> str | None:
     """``--profile``, or the profile of ``--dataset`` (they must agree when both are given)."""
-    from core import demo
+    from core.demo import profiles as demo_profiles
     from core.errors import InputError
 
-    if args.profile and args.profile not in demo.PROFILES:
-        raise InputError(f"unknown demo profile {args.profile!r}; use one of {', '.join(demo.PROFILES)}")
+    if args.profile and args.profile not in demo_profiles.PROFILES:
+        raise InputError(f"unknown demo profile {args.profile!r}; use one of {', '.join(demo_profiles.PROFILES)}")
     if args.dataset is None:
         return args.profile
-    want = demo.DATASET_PROFILES[args.dataset]
-    if args.profile and demo.PROFILES[args.profile].data != demo.PROFILES[want].data:
-        raise InputError(f"--profile {args.profile} builds from {demo.PROFILES[args.profile].data}, not "
+    want = demo_profiles.DATASET_PROFILES[args.dataset]
+    if args.profile and demo_profiles.PROFILES[args.profile].data != demo_profiles.PROFILES[want].data:
+        raise InputError(f"--profile {args.profile} builds from {demo_profiles.PROFILES[args.profile].data}, not "
                          f"{args.dataset}: drop one of --profile / --dataset")
     return args.profile or want
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core import demo, service
-    from core.datasets import ensure_fashion_mnist
+    from core import service
+    from core.demo import build as demo
+    from core.demo import profiles as demo_profiles
+    from core.data.datasets import ensure_fashion_mnist
 
     args.profile = _demo_profile(args)
     if args.train_source:
-        return _train_source(args.profile or demo.profile_name(), args.out)
-    if demo.PROFILES[args.profile or demo.profile_name()].data == "fashion-mnist":
+        return _train_source(args.profile or demo_profiles.profile_name(), args.out)
+    if demo_profiles.PROFILES[args.profile or demo_profiles.profile_name()].data == "fashion-mnist":
         ensure_fashion_mnist(install=True, say=print)  # Debian's package, when root; else says the command
     if args.profile:  # the warm step and the app read the profile from the environment
         import os
@@ -73,9 +75,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.no_warm:
             service.warm_demo(progress=cb)
     if already:
-        print(f"Demo already built in {demo.demo_dir(args.profile)} (nothing to do).")
+        print(f"Demo already built in {demo_profiles.demo_dir(args.profile)} (nothing to do).")
     else:
-        print(f"Demo built in {demo.demo_dir(args.profile)}: "
+        print(f"Demo built in {demo_profiles.demo_dir(args.profile)}: "
               f"source val acc {info['pretrain']['source_val_accuracy']:.3f}, "
               + ", ".join(f"{k} {v['target_detgt_test_accuracy']:.3f}" for k, v in info["finetune"].items()))
     return 0
@@ -86,9 +88,10 @@ def _train_source(profile: str, out: str | None) -> int:
     import time
     from pathlib import Path
 
-    from core import demo, source_net
+    from core.demo import profiles as demo_profiles
+    from core.demo import source_net
 
-    cfg = demo.PROFILES[profile]
+    cfg = demo_profiles.PROFILES[profile]
     target = Path(out) if out else source_net.shipped_dir(profile)
     t0 = time.perf_counter()
     with tqdm_progress() as cb:
@@ -120,7 +123,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from core import cache_usage
+    from core.store import cache_usage
 
     if args.action == "prune":
         gone = cache_usage.prune(dry_run=args.dry_run)
@@ -145,8 +148,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from core import extraction, service
-    from core.datasets import load_dataset
+    from core import service
+    from core.store import extraction
+    from core.data.datasets import load_dataset
 
     if args.model == "demo" or args.model.startswith("demo:"):
         model_id = service.resolve_model(args.model)
@@ -157,7 +161,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     layers = [l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else list(lm.spec.layers)
     with tqdm_progress() as cb:
         if args.backend == "ray":
-            from core import distributed
+            from core.store import ray_backend as distributed
             out = distributed.extract_ray(lm, data, layers, address=args.ray_address,
                                           num_actors=args.num_actors,
                                           batch_size=args.batch_size, shard_size=args.shard_size,
@@ -182,7 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from core import report, service
+    from core import service
+    from core.present import report
 
     keys = [k.strip() for k in args.figures.split(",") if k.strip()] if args.figures else None
     req = report.ReportRequest(model=service.resolve_model(args.model),
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # cache folder not writable, full or gone; an unreadable input file
-        from core.cache import storage_problem
+        from core.store.cache import storage_problem
         print(f"error: {storage_problem(exc)}", file=sys.stderr)
         return 2
 

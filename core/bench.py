@@ -189,7 +189,7 @@ def _extraction_pairs(lm: Any, data: Any, batches: list[torch.Tensor], layers: l
     runs of ~1 s vary by +-20%, and neighbouring runs share most of that noise; the best
     run of each side (``*_img_s``) is kept for the absolute figures.
     """
-    from core import extraction
+    from core.store import extraction
 
     n = len(data)
     model_runs, pipe_runs = [], []
@@ -217,8 +217,9 @@ def _extraction_pairs(lm: Any, data: Any, batches: list[torch.Tensor], layers: l
 def bench_extraction(sizes: BenchSizes, device: torch.device) -> dict:
     """Bare forward vs. the whole extraction pipeline (data, hooks, fp16 store) on the same
     images: the demo network on 64-px in-memory images, all seven paper layers."""
-    from core import extraction, models
-    from core.datasets import ArrayImageSet
+    from core.store import extraction
+    from core.data import models
+    from core.data.datasets import ArrayImageSet
 
     n, bs = sizes.extraction_images, sizes.batch_size
     rng = np.random.default_rng(0)
@@ -234,8 +235,8 @@ def bench_extraction_alexnet(sizes: BenchSizes, device: torch.device) -> dict:
     """The same comparison on the paper's network: torchvision AlexNet (random weights, 227 px)
     through the real-data path (PIL resize to 256 + centre crop, on the CPU in this process),
     all seven paper layers. The bare forward runs on the same crops, made beforehand."""
-    from core import extraction, models
-    from core.datasets import ArrayImageSet
+    from core.data import models
+    from core.data.datasets import ArrayImageSet
 
     n, bs = sizes.alexnet_images, sizes.alexnet_batch_size
     if n <= 0:
@@ -310,7 +311,7 @@ def bench_ap(sizes: BenchSizes) -> dict:
 
 # --------------------------------------------------------------------------- app
 def _require_demo() -> None:
-    from core import demo
+    from core.demo import build as demo
 
     if not demo.is_built():
         raise _Skip("demo not built: run python -m core demo")
@@ -344,7 +345,8 @@ def probe_ms(model_id: str | None = None, task_id: str | None = None, layer: str
     median of 5 after one warm-up."""
     from PIL import Image
 
-    from core import probe, service
+    from core import service
+    from core.service import probe
 
     _require_demo()
     model_id = model_id or ("demo:finetuned" if "demo:finetuned" in service.models() else next(iter(service.models())))
@@ -367,15 +369,15 @@ def detection_s(model_id: str = "demo:finetuned", layer: str = "fc7", timeout_s:
     NMS and VOC evaluation, in a subprocess whose cache is a fresh folder sharing only the
     built demo (a symlink), so nothing of an earlier run is reused."""
     _require_demo()
-    from core import demo
+    from core.demo import profiles as demo_profiles
 
     code = ("import json, time; from core import service; t = time.perf_counter(); "
             f"r = service.detection_map({model_id!r}, 'demo-det', {layer!r}); "
             "print(json.dumps({'s': time.perf_counter() - t, 'map': r['map']}))")
     with tempfile.TemporaryDirectory(prefix="fs-bench-det-") as tmp:
         (Path(tmp) / "demo").mkdir()
-        os.symlink(demo.demo_dir(), Path(tmp) / "demo" / demo.profile_name())
-        env = {**os.environ, "FILTERSCOPE_CACHE": tmp, "FILTERSCOPE_DEMO": demo.profile_name()}
+        os.symlink(demo_profiles.demo_dir(), Path(tmp) / "demo" / demo_profiles.profile_name())
+        env = {**os.environ, "FILTERSCOPE_CACHE": tmp, "FILTERSCOPE_DEMO": demo_profiles.profile_name()}
         out = subprocess.run([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parent.parent),
                              env=env, capture_output=True, text=True, timeout=timeout_s)
     if out.returncode != 0:
@@ -504,8 +506,8 @@ def run(quick: bool = False, sizes: BenchSizes | None = None) -> dict:
     sizes : BenchSizes, optional
         Override the problem sizes (tests use tiny ones).
     """
-    from core.config import code_version
-    from core.extraction import device_label, resolve_device
+    from core.hashing import code_version
+    from core.store.extraction import device_label, resolve_device
 
     sizes = sizes or (QUICK if quick else FULL)
     t0 = time.perf_counter()

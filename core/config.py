@@ -1,24 +1,89 @@
-"""Frozen request dataclasses, their stable hash, and where the cache lives."""
+"""Every ``FILTERSCOPE_*`` setting, named, documented and read here, at call time.
+
+Settings come from environment variables so that the app, the CLI and Ray workers
+(which receive :func:`worker_environment`) agree. Nothing else in the project reads
+``os.environ`` for them: callers ask this module, and pass what they got on as plain
+arguments. Read at call time, so the CLI's ``--profile`` (which sets
+``FILTERSCOPE_DEMO``) and a test's ``monkeypatch.setenv`` take effect at once.
+
+=============================  ====================================================================
+variable                       meaning
+=============================  ====================================================================
+``FILTERSCOPE_CACHE``          cache folder (features, results, demo build); default ``<repo>/cache``
+``FILTERSCOPE_CACHE_GB``       size limit of the result cache in GiB (default 8)
+``FILTERSCOPE_DEMO``           demo profile: ``full`` (default), ``tiny`` (tests) or ``fashion``
+``FILTERSCOPE_SOURCE_WEIGHTS`` folder of the shipped source networks (default ``<repo>/weights/demo``)
+``FILTERSCOPE_FASHION_MNIST``  Fashion-MNIST folder (default ``/usr/share/datasets/fashion-mnist``)
+``FILTERSCOPE_MODELS``         comma-separated model ids shown in the app (``tv:alexnet@/w.pth,...``)
+``FILTERSCOPE_VOC``            folder holding ``VOCdevkit/VOC2007``: the CLS, DET-GT and DET tasks
+``FILTERSCOPE_VOC_2012``       ``1``: train detection on VOC 2007 + 2012 trainval (PASCAL-DET+DATA)
+``FILTERSCOPE_SUN397``         SUN397 folder: the SUN-CLS task
+``FILTERSCOPE_IMAGEFOLDER``    an ImageFolder tree ``<root>/train`` and ``<root>/test``: one task
+``FILTERSCOPE_COMPUTE_LOG``    file to append one JSON line per computed result (an audit; tests)
+``FILTERSCOPE_VALIDATE_FIGURES`` ``1``: plotly validates every figure property (the test suite)
+=============================  ====================================================================
+"""
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+import contextlib
 import os
-import subprocess
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator, Mapping
 
-from core import __version__
+from core.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One ``FILTERSCOPE_*`` variable: its name, default (as text) and what it means."""
+
+    name: str
+    default: str
+    doc: str
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("FILTERSCOPE_CACHE", "", "cache folder; empty: <repo>/cache"),
+    Setting("FILTERSCOPE_CACHE_GB", "8", "size limit of the result cache, GiB"),
+    Setting("FILTERSCOPE_DEMO", "full", "demo profile: full, tiny or fashion"),
+    Setting("FILTERSCOPE_SOURCE_WEIGHTS", "", "folder of the shipped source networks; empty: <repo>/weights/demo"),
+    Setting("FILTERSCOPE_FASHION_MNIST", "", "Fashion-MNIST folder; empty: Debian's dataset-fashion-mnist"),
+    Setting("FILTERSCOPE_MODELS", "", "comma-separated model ids shown in the app"),
+    Setting("FILTERSCOPE_VOC", "", "folder holding VOCdevkit/VOC2007"),
+    Setting("FILTERSCOPE_VOC_2012", "", "1: detection also trains on VOC 2012 trainval"),
+    Setting("FILTERSCOPE_SUN397", "", "SUN397 folder"),
+    Setting("FILTERSCOPE_IMAGEFOLDER", "", "ImageFolder tree with train/ and test/"),
+    Setting("FILTERSCOPE_COMPUTE_LOG", "", "file receiving one JSON line per computed result"),
+    Setting("FILTERSCOPE_VALIDATE_FIGURES", "", "1: plotly validates every figure property"),
+)}
+
+#: The settings a Ray worker needs to find the same cache, demo and data as the driver.
+WORKER_SETTINGS = ("FILTERSCOPE_CACHE", "FILTERSCOPE_CACHE_GB", "FILTERSCOPE_DEMO", "FILTERSCOPE_SOURCE_WEIGHTS",
+                   "FILTERSCOPE_FASHION_MNIST")
+
+#: The settings that name the user's own models and data (``core.service.catalog`` registers them).
+USER_DATA_SETTINGS = ("FILTERSCOPE_MODELS", "FILTERSCOPE_VOC", "FILTERSCOPE_VOC_2012", "FILTERSCOPE_SUN397",
+                      "FILTERSCOPE_IMAGEFOLDER")
+
+
+def get(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The value of setting ``name`` now (its default when unset or empty)."""
+    setting = SETTINGS[name]  # KeyError: not a Filterscope setting
+    value = (os.environ if environ is None else environ).get(name, "")
+    return value if value != "" else setting.default
+
+
+def _path(name: str, default: Path) -> Path:
+    value = get(name)
+    return Path(value).expanduser() if value else default
+
+
 def cache_path() -> Path:
     """The cache directory: ``$FILTERSCOPE_CACHE`` if set, else ``<repo>/cache`` (not created)."""
-    env = os.environ.get("FILTERSCOPE_CACHE")
-    return Path(env).expanduser() if env else PROJECT_ROOT / "cache"
+    return _path("FILTERSCOPE_CACHE", PROJECT_ROOT / "cache")
 
 
 def cache_root() -> Path:
@@ -28,49 +93,71 @@ def cache_root() -> Path:
     return root
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        d = {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        d["__type__"] = type(obj).__name__
-        return d
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float):
-        return repr(obj)
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    raise TypeError(f"cannot hash value of type {type(obj).__name__}: {obj!r}")
-
-
-def to_json(obj: Any) -> str:
-    """Canonical JSON of a (nested) dataclass / dict / list of plain values."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Hex digest that is the same across processes and runs for equal inputs."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(to_json(p).encode())
-        h.update(b"\x00")
-    return h.hexdigest()[:length]
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit (with '+dirty' for local changes) when known."""
+def cache_size_limit() -> int:
+    """Size limit of the result cache in bytes (``$FILTERSCOPE_CACHE_GB`` GiB, 8 by default)."""
+    value = get("FILTERSCOPE_CACHE_GB")
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
-                             capture_output=True, text=True, timeout=5)
-        if rev.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
-            suffix = "+dirty" if dirty.stdout.strip() else ""
-            return f"{__version__}@{rev.stdout.strip()}{suffix}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return __version__
+        gib = float(value)
+    except ValueError:
+        raise InputError(f"FILTERSCOPE_CACHE_GB={value!r} is not a number of GiB; set it to e.g. 8, or unset it") \
+            from None
+    return int(gib * 2**30)
+
+
+def demo_profile() -> str:
+    """The demo profile's name as set (``$FILTERSCOPE_DEMO``, ``full`` by default; not validated here)."""
+    return get("FILTERSCOPE_DEMO")
+
+
+def source_weights_dir() -> Path:
+    """Folder of the shipped source networks: ``$FILTERSCOPE_SOURCE_WEIGHTS`` or ``<repo>/weights/demo``."""
+    return _path("FILTERSCOPE_SOURCE_WEIGHTS", PROJECT_ROOT / "weights" / "demo")
+
+
+def fashion_mnist_dir(default: Path) -> Path:
+    """The Fashion-MNIST folder: ``$FILTERSCOPE_FASHION_MNIST`` if set, else ``default``."""
+    return _path("FILTERSCOPE_FASHION_MNIST", default)
+
+
+def compute_log() -> Path | None:
+    """File receiving one JSON line per computed result (``$FILTERSCOPE_COMPUTE_LOG``), or None."""
+    value = get("FILTERSCOPE_COMPUTE_LOG")
+    return Path(value) if value else None
+
+
+def validate_figures() -> bool:
+    """True when plotly should validate every property set on a figure (``$FILTERSCOPE_VALIDATE_FIGURES=1``)."""
+    return get("FILTERSCOPE_VALIDATE_FIGURES") == "1"
+
+
+def user_data(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The user's models and data as set: ``{variable: value}`` for :data:`USER_DATA_SETTINGS`."""
+    return {k: get(k, environ) for k in USER_DATA_SETTINGS}
+
+
+def worker_environment() -> dict[str, str]:
+    """The settings a Ray worker receives: the cache folder resolved, the others when set."""
+    env = {"FILTERSCOPE_CACHE": str(cache_root())}
+    env.update({k: os.environ[k] for k in WORKER_SETTINGS if os.environ.get(k) and k not in env})
+    return env
+
+
+@contextlib.contextmanager
+def override(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) settings for the duration of a ``with`` block.
+
+    >>> with override(FILTERSCOPE_DEMO="tiny"):
+    ...     demo_profile()
+    'tiny'
+    """
+    unknown = [k for k in values if k not in SETTINGS]
+    if unknown:
+        raise KeyError(f"not Filterscope settings: {', '.join(unknown)}")
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -2,7 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
+from core import service
+from core.present import figures
 from ui.common import computing, guard, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-cls")  # every task: CLS, DET-GT, scenes, detection (Table 8)
@@ -19,15 +20,13 @@ st.markdown(
 
 st.header("Sparsity per layer (Table 6)")
 with guard("sparsity"):
-    rows, per_class = [], {}
-    for m in sel.models:
-        res = computing(f"Sparsity of {service.model_label(m)}…", service.sparsity, m, sel.task)
-        rows += [{**r, "variant": service.model_label(m)} for r in res["table"]]
-        per_class[service.model_label(m)] = res
-    fig = figures.sparsity_figure(rows)
+    per_class = {service.model_label(m): computing(f"Sparsity of {service.model_label(m)}…", service.sparsity,
+                                                   m, sel.task) for m in sel.models}
+    fig = figures.sparsity_results_figure(per_class)
+    provs = [r["provenance"] for r in per_class.values()]
     figures.apply_style(fig, title=None, caption=f"Reproduces Table 6 · {task.title} (test split)",
-                        stamp=res["provenance"].stamp(), presentation=pres)
-    provs = [per_class[service.model_label(m)]["provenance"] for m in sel.models]
+                        stamp=provs[-1].stamp(), presentation=pres)
+    rows = [{**row, "variant": v} for v, r in per_class.items() for row in r["table"]]
     table = pd.DataFrame(rows).pivot(index="variant", columns="layer", values="mean")[service.layers_of(sel.model)]
     show_figure(fig, "sparsity", provenance=provs, table=table.round(1),
                 table_caption="Table 6: non-zero responses (%)")
@@ -44,14 +43,13 @@ chosen = st.multiselect("Layers", layers, default=[l for l in ("conv5", "fc7") i
                         key="abl_layers")
 seeds = st.slider("Re-drawn splits (error bars)", 1, 5, 3, key="abl_seeds")
 with guard("the ablations"):
-    rows = []
-    for m in sel.models:
-        for layer in chosen:
-            res = computing(f"Ablations of {service.model_label(m)} {layer} ({seeds} splits)…", service.task_ablation,
-                            m, sel.task, layer, seeds=tuple(range(seeds)))
-            rows += [{**r, "layer": layer, "variant": service.model_label(m)} for r in res["summary"]]
+    results = {(service.model_label(m), layer): computing(
+        f"Ablations of {service.model_label(m)} {layer} ({seeds} splits)…", service.task_ablation, m, sel.task,
+        layer, seeds=tuple(range(seeds))) for m in sel.models for layer in chosen}
+    rows = [{**r, "layer": layer, "variant": v} for (v, layer), res in results.items() for r in res["summary"]]
     if rows:
-        fig = figures.ablation_figure(rows)
+        res = list(results.values())[-1]  # its provenance stamps the figure and tables, as the last computed
+        fig = figures.ablation_results_figure(results)
         figures.apply_style(fig, title=None, caption=f"Reproduces Tables 7-8 · {task.title}",
                             stamp=res["provenance"].stamp(), presentation=pres)
         show_figure(fig, "ablation", provenance=res["provenance"])

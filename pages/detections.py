@@ -2,7 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
+from core import service
+from core.present import figures
 from ui.common import computing, guard, preset, show_figure, show_table, sidebar
 
 preset(layer="fc7")

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
+from core import service
+from core.present import figures
 from ui.common import (clickable, computing, guard, new_click, preset, show_figure, show_table, sidebar,
                        widget_key)
 

@@ -2,7 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from core import figures, report, service
+from core import service
+from core.present import figures
+from core.present import report
 from ui.common import computing, guard, model_title, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, default_task="demo-detgt")

@@ -1,8 +1,8 @@
 """Sec. 4.1 / Fig. 3: single filters as class detectors — are there grandmother cells?"""
-import pandas as pd
 import streamlit as st
 
-from core import analysis, figures, service
+from core import service
+from core.present import figures
 from ui.common import computing, guard, preset, show_figure, show_table, sidebar
 
 preset(layer="conv5")
@@ -63,9 +63,8 @@ with guard("the grandmother-cell view"):
 
     ratio = st.slider("Candidate if single-filter AP ≥ this fraction of the all-filter SVM AP", 0.3, 1.0, 0.8,
                       step=0.05, key="pr_gmc_ratio")
-    gmc = analysis.grandmother_cells(res.ap, full, ratio=ratio)
+    gmc = service.grandmother_cells(model, sel.task, sel.layer, ratio=ratio)
     if len(gmc):
-        gmc = gmc.assign(**{"class": [res.class_names[i] for i in gmc["class"]]})
         show_table(gmc.rename(columns={"ap": "filter AP", "full_ap": "all-filter SVM AP", "ratio": "ratio"})
                    .round(3), "pr_gmc", provenance=res.provenance, hide_index=True, width="stretch",
                    caption=f"Grandmother-cell candidates (single-filter AP ≥ {ratio:.0%} of the SVM's), Sec. 4.1")

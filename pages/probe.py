@@ -5,7 +5,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from core import figures, probe, service
+from core import service
+from core.present import figures
+from core.service import probe
 from ui.common import (computing, custom_value, guard, memo_figure, new_click, preset, show_figure, show_table,
                        sidebar)
 

@@ -2,7 +2,8 @@
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core import export, report
+from core.present import export
+from core.present import report
 from ui.common import PINS, computing, current_permalink, guard, sidebar
 
 sel = sidebar(cls=True, default_task="demo-detgt")

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import figures, service
+from core import service
+from core.present import figures
 from ui.common import (clickable, computing, custom_value, guard, memo_figure, new_click, preset,
                        select_and_rerun, show_figure, show_table, sidebar, widget_key)
 
@@ -36,19 +37,12 @@ results: dict = {}
 with guard("the selectivity curves"):
     pairs_layers = list(dict.fromkeys(shown + [sel.layer]))
     results = computing("Computing selectivity curves…", _all_curves, sel.models, pairs_layers, sel.task)
-    curves, keys = [], []
-    for m in sel.models:
-        for l in shown:
-            r = results[(m, l)]
-            curves.append({"label": f"{l} · {service.model_label(m)}", "layer": l, "variant": service.model_label(m),
-                           "fraction": r.fraction, "mean_aue": r.mean_aue, "aue": r.aue})
-            keys.append((m, l))
+    keys = [(m, l) for m in sel.models for l in shown]
     base = results[(sel.model, sel.layer)]
 
     def fig1():
-        band = {"fraction": base.fraction, "lo": base.baseline_mean_aue.min(0), "hi": base.baseline_mean_aue.max(0),
-                "label": f"shuffled labels ({sel.layer})"} if len(base.baseline_mean_aue) else None
-        fig = figures.selectivity_figure(curves, baseline=band)
+        fig = figures.selectivity_results_figure({(service.model_label(m), l): results[(m, l)] for m, l in keys},
+                                                 baseline=base, baseline_layer=sel.layer)
         figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 1 · {task.title} (test split)",
                             stamp=base.provenance.stamp(), presentation=pres)
         return clickable(fig)
@@ -138,7 +132,7 @@ with guard("the filter view"):
         maps = list(ta["maps"]) if ta["maps"] is not None else None
         fig = figures.image_grid_figure(images, titles=titles, heatmaps=maps, cols=4)
         return figures.apply_style(fig, title=f"Top-activating test items · {sel.layer} filter #{filt}",
-                                   caption=f"Titles: true class · max response. "
+                                   caption="Titles: true class · max response. "
                                            + ("Overlay: the filter's response map. " if maps is not None else "")
                                            + caption, stamp=res.provenance.stamp(), presentation=pres)
 

@@ -3,8 +3,9 @@ import hashlib
 
 import streamlit as st
 
-from core import figures, report, service
-from core.config import stable_hash
+from core import service
+from core.present import figures
+from core.present import report
 from ui.common import computing, guard, memo_figure, show_figure, show_table, sidebar
 
 sel = sidebar(layer=False, compare=False, default_task="demo-cls")
@@ -85,10 +86,10 @@ if task.kind in ("det", "scene"):
 
 with st.expander("Training loss curves and the networks' own accuracy"):
     curves = service.training_curves()
-    show_figure(memo_figure(("loss_curves", pres, stable_hash(curves)),
+    summary = service.demo_summary()  # the curves change only with a new build: its profile and time key them
+    show_figure(memo_figure(("loss_curves", pres, summary["profile"], summary["built"]),
                             lambda: figures.apply_style(figures.training_curves_figure(curves), title=None,
                                                         presentation=pres)), "loss_curves")
-    summary = service.demo_summary()
     st.write({"source val accuracy (pretrained)": summary["source_val_accuracy"],
               "target DET-GT test accuracy": summary["finetune"],
                   "target DET-GT test mAP (own classifier)": summary["finetune_map"], "build seconds": summary["seconds"]})

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-os.environ["FILTERSCOPE_VALIDATE_FIGURES"] = "1"  # a wrong plotly property fails the tests (core.figures)
+os.environ["FILTERSCOPE_VALIDATE_FIGURES"] = "1"  # a wrong plotly property fails the tests (core.present.figures)
 
 
 #: One line per fault-injection module ("faults injected: N, survived: M"), printed at the end
@@ -48,7 +48,8 @@ def demo_env(tmp_path_factory):
 
     Yields the cache root. ~30-60 s on the 2-core machine.
     """
-    from core import demo, service
+    from core import service
+    from core.demo import build as demo
 
     root = tmp_path_factory.mktemp("demo-cache")
     saved = {k: os.environ.get(k) for k in ("FILTERSCOPE_CACHE", "FILTERSCOPE_DEMO")}

@@ -1,6 +1,6 @@
 """Several people at once (issue #6): results computed once, consistent, and nobody blocked.
 
-Computations are counted with the compute log of :mod:`core.cache` (``$FILTERSCOPE_COMPUTE_LOG``:
+Computations are counted with the compute log of :mod:`core.store.cache` (``$FILTERSCOPE_COMPUTE_LOG``:
 one JSON line per result actually computed, with its key, process, thread and time span),
 which works the same inside the test process, in worker processes and in a Streamlit server.
 
@@ -42,7 +42,7 @@ def _computed(log: Path) -> list[dict]:
 
 def _selectivity_key(model: str, layer: str, thresholds: int = 100, shuffles: int = 3) -> str:
     from core import service
-    from core.cache import ResultCache
+    from core.store.cache import ResultCache
 
     fp = service.features(model, service.task(TASK).test, layer).fingerprint
     return ResultCache.key(service.SelectivityRequest(model, TASK, layer, thresholds, shuffles), [fp])
@@ -162,7 +162,7 @@ def counted_server(demo_env, tmp_path_factory):
 
 def _drop_cached(keys: list[str]) -> None:
     """Make sure these results are not in the disk cache (another test may have computed them)."""
-    from core.cache import default_cache
+    from core.store.cache import default_cache
 
     cache = default_cache()
     for key in keys:

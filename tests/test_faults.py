@@ -27,7 +27,8 @@ SURVIVED: dict[str, bool] = {}   # fault -> survived, for the module's summary l
 DIGEST = """
 import hashlib, json
 import numpy as np
-from core import demo, service
+from core import service
+from core.demo import build as demo
 man = demo.manifest()
 sel = service.selectivity("demo:finetuned", "demo-detgt", "conv5")
 feat = service.features("demo:finetuned", "demo:target-test-detgt", "conv3").array()
@@ -155,7 +156,7 @@ def test_damaged_files_are_each_reported_once_rebuilt_and_nothing_else_touched(k
     naming it, each rebuilt to the same bytes and numbers, every other file left as it was."""
     import diskcache
 
-    from core.cache import ResultCache
+    from core.store.cache import ResultCache
     from core.service import SelectivityRequest
     cache = killed_build
     names = ["truncated feature file", "manifest with invalid JSON", "network not matching its manifest's SHA-256",

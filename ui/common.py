@@ -13,8 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from core import demo, service
-from core.cache import storage_problem
+from core import service
 from core.errors import FilterscopeError
 
 log = logging.getLogger("filterscope.ui")
@@ -44,13 +43,13 @@ def progress_callback(bar) -> Callable[[int, int, str], None]:
 
 def ensure_demo() -> None:
     """Build the embedded demo on first use, with visible progress (stops the page until done)."""
-    if demo.is_built():
+    if service.demo_is_built():
         return
     with st.status("Building the embedded demo (first run only, a few minutes)…", expanded=True) as status:
         st.write("Generating scenes, pretraining, fine-tuning, extracting features, caching analyses. "
                  "Other sessions wait for the same build instead of starting their own.")
         bar = st.progress(0.0)
-        demo.build(progress=progress_callback(bar))
+        service.build_demo(progress=progress_callback(bar))
         service.warm_demo(progress=progress_callback(bar))
         status.update(label="Demo built", state="complete")
 
@@ -82,7 +81,7 @@ def run_page(nav: Any) -> None:
     try:
         nav.run()
     except OSError as exc:
-        st.error(storage_problem(exc))
+        st.error(service.storage_problem(exc))
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
@@ -100,7 +99,7 @@ def guard(what: str = "this view") -> Iterator[None]:
     except FilterscopeError as exc:
         st.error(f"Cannot show {what}: {exc}")
     except OSError as exc:
-        st.error(f"Cannot show {what}: {storage_problem(exc)}")
+        st.error(f"Cannot show {what}: {service.storage_problem(exc)}")
     except Exception as exc:  # noqa: BLE001 - a page must never show a traceback
         log.exception("unexpected error in %s", what)
         st.error(f"Unexpected error while computing {what}: {type(exc).__name__}: {exc}. "
@@ -340,12 +339,12 @@ def route_through_app(page_file: str) -> None:
 
 
 # --------------------------------------------------------------------------- downloads and pins
-PINS = "report_items"  #: session-state list of pinned core.report.ReportItem
+PINS = "report_items"  #: session-state list of pinned core.present.report.ReportItem
 
 
 def current_permalink() -> str:
     """The URL of this view with its query parameters (the sidebar's selection)."""
-    from core import export
+    from core.present import export
 
     params = st.query_params.to_dict()
     base = st.context.url
@@ -364,7 +363,7 @@ def current_permalink() -> str:
 def export_stamp(provenance: Any = None, stamp: str | None = None) -> str:
     """The stamp of an export: from ``provenance`` (one or several) plus this view's permalink;
     an explicit ``stamp`` gets the permalink appended."""
-    from core import export
+    from core.present import export
 
     url = current_permalink()
     if stamp:
@@ -373,7 +372,7 @@ def export_stamp(provenance: Any = None, stamp: str | None = None) -> str:
 
 
 def _pin(item_args: dict) -> None:
-    from core.report import ReportItem
+    from core.present.report import ReportItem
 
     fig = item_args.pop("fig")
     item = ReportItem.from_figure(fig, **item_args)
@@ -382,7 +381,7 @@ def _pin(item_args: dict) -> None:
 
 
 def _table_downloads(box: Any, df: Any, key: str, stamp: str, caption: str) -> None:
-    from core import export
+    from core.present import export
 
     name = key.replace(" ", "_")
     box.download_button("CSV", data=lambda: export.table_csv(df, stamp, caption), file_name=f"{name}.csv",
@@ -425,7 +424,7 @@ def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None
 
     ``st.plotly_chart(fig, key=key, **chart_kwargs)`` draws it (pass ``on_select`` /
     ``selection_mode`` as the page did; the chart event is returned), with ``theme=None``
-    unless given: the figure's own house template (core.figures), so the page shows what
+    unless given: the figure's own house template (core.present.figures), so the page shows what
     the PNG/SVG exports and the report show. PNG and
     SVG are rendered only when clicked (kaleido), stamped with ``provenance`` (or
     ``stamp``) plus this view's permalink. ``table`` (the figure's numbers) is pinned
@@ -433,7 +432,7 @@ def show_figure(fig: Any, key: str, *, provenance: Any = None, stamp: str | None
     CSV / LaTeX buttons. Without a browser the PNG/SVG buttons are disabled and say
     what to install.
     """
-    from core import export
+    from core.present import export
 
     event = st.plotly_chart(fig, key=key, **{"theme": None, **chart_kwargs})
     full = export_stamp(provenance, stamp)
@@ -533,7 +532,10 @@ def _freeze_imports() -> None:
     import gc
 
     import pandas  # noqa: F401  (the pages' own imports, frozen with the rest)
-    from core import export, figures, probe, report  # noqa: F401
+    from core.present import export
+    from core.present import figures
+    from core.service import probe
+    from core.present import report
 
     gc.freeze()
 

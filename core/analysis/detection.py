@@ -4,7 +4,7 @@ Reproduces: the PASCAL-DET metric of Agrawal et al. 2014 (Sec. 2, Tables 1, 2, 4
 the VOC 2007 devkit's ``VOCevaldet`` / ``VOCap`` as ported in R-CNN's ``voc_eval.py``.
 
 Box convention: ``(x1, y1, x2, y2)`` with *pixel edges* (0-based, half-open, e.g. the
-``VOCObject.box`` of :mod:`core.datasets`: ``(xmin - 1, ymin - 1, xmax, ymax)`` of the XML).
+``VOCObject.box`` of :mod:`core.data.datasets`: ``(xmin - 1, ymin - 1, xmax, ymax)`` of the XML).
 Area and IoU are computed without the devkit's ``+ 1`` because the devkit's inclusive
 1-based pixel indices become exactly these edges: the IoU values are identical.
 """

@@ -3,16 +3,16 @@
 Reproduces: the same measures as :mod:`.selectivity` (Appendix, Fig. 1),
 :mod:`.precision_recall` (Sec. 4.1), :mod:`.sparsity` (Table 6) and the per-item
 ablations of :mod:`.ablation` (Sec. 5), on layers stored as shards (the Ray backend,
-:mod:`core.distributed`) or on any sequence of row blocks. Results are those of the
+:mod:`core.store.ray_backend`) or on any sequence of row blocks. Results are those of the
 single-array functions on the concatenation: bit for bit for entropy curves, AuE and
 AP (the same integer counts and the same float operations in the same order), and to
 rounding (<= 1e-12) for the additive sparsity moments.
 
 Shards are given as a stored layer (anything with ``.shards()``, e.g.
-:class:`core.extraction.LayerFeatures`), a sequence of arrays (consecutive row blocks)
+:class:`core.store.extraction.LayerFeatures`), a sequence of arrays (consecutive row blocks)
 or of ``(start, array)`` pairs. The per-shard part runs through the map step the caller
 passes as ``map_shards``: by default :func:`map_local` (in this process, one shard at a
-time); :func:`core.distributed.map_shards_ray` runs one Ray task per shard. The small
+time); :func:`core.store.ray_backend.map_shards_ray` runs one Ray task per shard. The small
 per-shard results are merged here. This module knows nothing of Ray.
 """
 from __future__ import annotations
@@ -162,7 +162,7 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
         As in :func:`entropy_curves`.
     map_shards : MapShards
         The per-shard map step (default :func:`map_local`; one Ray task per shard with
-        :func:`core.distributed.map_shards_ray`).
+        :func:`core.store.ray_backend.map_shards_ray`).
 
     Returns
     -------

@@ -29,16 +29,16 @@ task ids:    ``demo-detgt`` (box crops, paper's PASCAL-DET-GT), ``demo-cls`` (wh
 from __future__ import annotations
 
 from core.errors import DataMissingError, InputError
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.analyses import (TABLE_CLASSIFIER, AblationRequest, FilterAPRequest, FilterAPResult,
                                    FiltersNeededResult, LayerMapRequest, OverlapResult, RankingRequest,
                                    SelectivityRequest, SelectivityResult, SparsityRequest, ablation,
                                    cluster_order, entropy_curve, filter_ap, filters_needed, filters_needed_table,
-                                   layer_map, layer_map_table, overlap, pr_curves, selectivity, shared_filters,
-                                   sparsity, svm_ranking, top_activations)
-from core.service.catalog import (MODEL_ALIASES, TaskSpec, config_errors, configure_from_env, demo_summary,
-                                  demo_variants, first_layer_weights, layer_shapes, layers_of, load_detection,
-                                  load_model, load_set, model_info, model_label, models, register_imagefolder,
+                                   grandmother_cells, layer_map, layer_map_table, overlap, pr_curves, selectivity,
+                                   shared_filters, sparsity, svm_ranking, top_activations)
+from core.service.catalog import (MODEL_ALIASES, TaskSpec, build_demo, config_errors, configure_from_env,
+                                  demo_is_built, demo_summary, demo_tasks, demo_variants, first_layer_weights,
+                                  layer_shapes, layers_of, load_detection, load_model, load_set, model_info, model_label, models, register_imagefolder,
                                   register_model, register_sun397, register_task, register_voc,
                                   register_voc_detection, resolve_model, task, tasks, training_curves)
 from core.service.detection_tasks import (DEMO_DETECTION, REAL_DETECTION, DetectionRequest, asdict_config,
@@ -52,22 +52,25 @@ from core.service.paper_tables import (PAPER_TABLE_TASKS, PAPER_TABLES, finetune
 from core.service.provenance import Provenance
 from core.service.scene_tasks import SceneRequest, scene_accuracy
 from core.service.warm import warm_demo, warm_plan
+from core.store.cache import storage_problem
 
 __all__ = [
     "DataMissingError", "InputError", "Progress",
     # catalog
     "TaskSpec", "MODEL_ALIASES", "register_task", "tasks", "task", "models", "resolve_model", "load_model",
     "load_set", "load_detection", "model_info", "model_label", "layers_of", "layer_shapes", "first_layer_weights",
-    "demo_variants", "training_curves", "demo_summary", "register_model", "register_voc",
+    "demo_variants", "training_curves", "demo_summary", "demo_tasks", "demo_is_built", "build_demo",
+    "register_model", "register_voc",
     "register_voc_detection", "register_sun397", "register_imagefolder", "configure_from_env", "config_errors",
     # stored features
     "ComputeBackend", "compute_backend", "features", "extract_all", "is_extracted", "pooled", "cache_status",
     # results
-    "Provenance",
+    "Provenance", "storage_problem",
     # per-layer analyses
     "TABLE_CLASSIFIER", "SelectivityRequest", "SelectivityResult", "selectivity", "entropy_curve",
     "FilterAPRequest", "FilterAPResult", "filter_ap", "pr_curves", "top_activations", "RankingRequest",
-    "svm_ranking", "FiltersNeededResult", "filters_needed", "filters_needed_table", "OverlapResult", "overlap",
+    "svm_ranking", "FiltersNeededResult", "filters_needed", "grandmother_cells", "filters_needed_table",
+    "OverlapResult", "overlap",
     "shared_filters", "cluster_order", "SparsityRequest", "sparsity", "AblationRequest", "ablation", "LayerMapRequest",
     "layer_map", "layer_map_table",
     # detection and scene tasks

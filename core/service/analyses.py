@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from core import analysis
-from core.datasets import ImageSet
+from core.data.datasets import ImageSet
 from core.errors import InputError
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.catalog import layers_of, load_set, model_label, task
 from core.service.feature_store import features, pooled
 from core.service.provenance import Provenance, _cached, _prov
@@ -57,6 +58,8 @@ def _single_labels(data: ImageSet) -> np.ndarray:
 
 def selectivity(model_id: str, task_id: str, layer: str, num_thresholds: int = 100, shuffles: int = 3,
                 progress: Progress | None = None) -> SelectivityResult:
+    """Class selectivity of every filter of ``layer`` on the task's test split (Appendix, Fig. 1):
+    entropy curves, AuE per filter, and the shuffled-label baseline (``shuffles`` label permutations)."""
     t = task(task_id)
     f = features(model_id, t.test, layer, progress=progress)
     req = SelectivityRequest(model_id, task_id, layer, num_thresholds, shuffles)
@@ -115,6 +118,8 @@ class FilterAPResult:
 
 def filter_ap(model_id: str, task_id: str, layer: str, shuffles: int = 3,
               progress: Progress | None = None) -> FilterAPResult:
+    """Single-filter AP of every filter for every class (Sec. 4.1): spatially max-pooled responses on
+    the test split as scores, with the shuffled-label baseline (``shuffles`` permutations)."""
     t = task(task_id)
     x, fp = pooled(model_id, t.test, layer, progress)
     req = FilterAPRequest(model_id, task_id, layer, shuffles)
@@ -188,6 +193,8 @@ class FiltersNeededResult:
 
 
 def filters_needed(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> FiltersNeededResult:
+    """Filters needed per class (Sec. 4.2, Fig. 4, Table 5): the SVM ranking's AP of the top-k filters
+    against the all-filter SVM, and the smallest k reaching half of it."""
     r = svm_ranking(model_id, task_id, layer, progress)
     res = r["result"]
     return FiltersNeededResult(res, analysis.filters_needed(res.k_values, res.ap_by_k, res.full_ap, 0.5),
@@ -209,6 +216,7 @@ class OverlapResult:
 
 
 def overlap(model_id: str, task_id: str, layer: str, k: int = 50, progress: Progress | None = None) -> OverlapResult:
+    """Top-``k`` filter-set overlap between every pair of classes (Fig. 5), from the SVMs' |weights|."""
     r = svm_ranking(model_id, task_id, layer, progress)
     importance = np.abs(r["result"].weights)
     k = int(min(k, importance.shape[1]))
@@ -218,6 +226,7 @@ def overlap(model_id: str, task_id: str, layer: str, k: int = 50, progress: Prog
 
 
 def shared_filters(model_id: str, task_id: str, layer: str, i: int, j: int, k: int = 50) -> np.ndarray:
+    """The filters in both class ``i``'s and class ``j``'s top-``k`` sets (one cell of Fig. 5)."""
     importance = np.abs(svm_ranking(model_id, task_id, layer)["result"].weights)
     return analysis.shared_filters(importance, i, j, int(min(k, importance.shape[1])))
 
@@ -317,6 +326,18 @@ def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None
 
     return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute,
                    progress)
+
+
+def grandmother_cells(model_id: str, task_id: str, layer: str, ratio: float = 0.8) -> pd.DataFrame:
+    """Grandmother-cell candidates (Sec. 4.1): filters whose single-filter AP for a class reaches
+    ``ratio`` of that class's all-filter SVM AP, best first; ``class`` holds the class's name.
+
+    Both inputs are the cached :func:`filter_ap` and :func:`filters_needed` results of the test split.
+    """
+    res = filter_ap(model_id, task_id, layer)
+    full = filters_needed(model_id, task_id, layer).ranking.full_ap
+    gmc = analysis.grandmother_cells(res.ap, full, ratio=ratio)
+    return gmc.assign(**{"class": [res.class_names[i] for i in gmc["class"]]}) if len(gmc) else gmc
 
 
 def filters_needed_table(results: dict[str, FiltersNeededResult]):

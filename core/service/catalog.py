@@ -17,11 +17,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core import demo
-from core import detection as rcnn
-from core.datasets import ImageSet, load_dataset
+from core import config
+from core.data.datasets import ImageSet, load_dataset
+from core.data.models import LoadedModel, get_model
+from core.demo import build as demo
+from core.demo import profiles as demo_profiles
 from core.errors import DataMissingError, InputError
-from core.models import LoadedModel, build_torchvision
+from core.store.extraction import Progress
+from core.store.extraction import layer_shapes as _forward_shapes
+from core.tasks import rcnn
 
 
 # --------------------------------------------------------------------------- tasks and models
@@ -42,14 +46,30 @@ _LOCK = threading.RLock()
 
 
 def register_task(task: TaskSpec) -> None:
+    """Make ``task`` selectable on every page and in the CLI (a later task of the same id replaces it)."""
     with _LOCK:
         _TASKS[task.id] = task
+
+
+def demo_tasks() -> list[TaskSpec]:
+    """The embedded demo's four tasks, in the roles of the paper's PASCAL-DET-GT, PASCAL-CLS,
+    SUN-CLS and PASCAL-DET (their image sets are the demo's ``demo:<split>`` datasets)."""
+    return [
+        TaskSpec("demo-detgt", "Demo target · ground-truth box crops (DET-GT)", "demo:target-train-detgt",
+                 "demo:target-test-detgt", "det-gt", "PASCAL-DET-GT"),
+        TaskSpec("demo-cls", "Demo target · whole images, multi-label (CLS)", "demo:target-clstrain",
+                 "demo:target-test", "cls", "PASCAL-CLS"),
+        TaskSpec("demo-scene", "Demo scenes · scene classification", "demo:scene-train", "demo:scene-test",
+                 "scene", "SUN-CLS"),
+        TaskSpec("demo-det", "Demo target · object detection (R-CNN on windows)", "demo:target-train",
+                 "demo:target-test", "det", "PASCAL-DET"),
+    ]
 
 
 def _demo_built() -> bool:
     """:func:`demo.is_built`, remembered while the demo's manifest file is unchanged (it
     hashes the whole demo config, and pages ask many times per run)."""
-    path = demo.demo_dir() / "manifest.json"
+    path = demo_profiles.demo_dir() / "manifest.json"
     try:
         info = path.stat()
     except OSError:
@@ -65,13 +85,15 @@ def _demo_built_at(path: str, mtime_ns: int, size: int, inode: int) -> bool:
 def tasks() -> dict[str, TaskSpec]:
     """Every known task: the demo's (when built) plus registered real-data tasks."""
     configure_from_env()
-    out = {t.id: t for t in demo.demo_tasks()} if _demo_built() else {}
+    out = {t.id: t for t in demo_tasks()} if _demo_built() else {}
     with _LOCK:
         out.update(_TASKS)
     return {k: TaskSpec(**v) if isinstance(v, dict) else v for k, v in out.items()}
 
 
 def task(task_id: str) -> TaskSpec:
+    """The task of id ``task_id``; DataMissingError when it is a demo task and the demo is not built,
+    InputError naming the known tasks otherwise."""
     all_tasks = tasks()
     if task_id not in all_tasks:
         if task_id.startswith("demo") and not _demo_built():
@@ -120,13 +142,8 @@ def resolve_model(model_id: str) -> str:
 # --------------------------------------------------------------------------- loading by id
 @lru_cache(maxsize=32)
 def load_model(model_id: str) -> LoadedModel:
-    """Build a model from its id (cached per process)."""
-    if model_id.startswith("demo:"):
-        return demo.load_demo_model(model_id)
-    if model_id.startswith("tv:"):
-        arch, _, path = model_id[3:].partition("@")
-        return build_torchvision(arch, weights=path or None)
-    raise InputError(f"unknown model id '{model_id}'; use demo:<variant> or tv:<arch>[@<weights path>]")
+    """Build a model from its id (cached per process), through :data:`core.data.models.MODEL_KINDS`."""
+    return get_model(model_id)
 
 
 @lru_cache(maxsize=64)
@@ -135,6 +152,8 @@ def load_set(dataset_id: str) -> ImageSet:
 
 
 def model_info(model_id: str) -> dict:
+    """What a model is: its id, architecture, input size and normalisation, layers and weights'
+    provenance (source, path, SHA-256)."""
     lm = load_model(model_id)
     return {"id": model_id, **lm.spec.describe()}
 
@@ -152,6 +171,7 @@ def _require_kind(t: TaskSpec, kinds: tuple[str, ...], what: str) -> None:
 
 
 def layers_of(model_id: str) -> list[str]:
+    """The model's analysable layers, in forward order (their display names)."""
     return list(load_model(model_id).spec.layers)
 
 
@@ -162,9 +182,7 @@ def layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
 
 @lru_cache(maxsize=32)
 def _layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
-    from core.models import layer_shapes as _shapes
-
-    return _shapes(load_model(model_id))
+    return _forward_shapes(load_model(model_id))
 
 
 def first_layer_weights(model_id: str) -> np.ndarray:
@@ -190,10 +208,10 @@ def demo_variants() -> dict[str, list[str]]:
 def training_curves() -> dict[str, dict[str, list[float]]]:
     """Training loss of every demo run: ``{run: {"iteration": [...], "loss": [...]}}``.
 
-    The build keeps every :func:`core.training.loss_curve_step`-th step's loss; the
+    The build keeps every :func:`core.demo.training.loss_curve_step`-th step's loss; the
     iteration of each kept value is rebuilt from the run's iteration count.
     """
-    from core.training import loss_curve_step
+    from core.demo.training import loss_curve_step
 
     man = demo.manifest()
     iterations = {"pretrain": man.get("pretrain", {}).get("iterations"),
@@ -203,6 +221,18 @@ def training_curves() -> dict[str, dict[str, list[float]]]:
         step = loss_curve_step(int(iterations.get(run) or len(loss)))
         out[run] = {"iteration": [1 + i * step for i in range(len(loss))], "loss": [float(v) for v in loss]}
     return out
+
+
+def demo_is_built() -> bool:
+    """True when the embedded demo of the active profile is built and intact (cheap: remembered
+    while its manifest file is unchanged)."""
+    return _demo_built()
+
+
+def build_demo(progress: Progress | None = None) -> dict:
+    """Build the embedded demo of the active profile if needed (other processes wait for the same
+    build); returns its manifest."""
+    return demo.build(progress=progress)
 
 
 def demo_summary() -> dict:
@@ -217,15 +247,10 @@ def demo_summary() -> dict:
 
 # --------------------------------------------------------------------------- real models and data in the app
 # The sidebar lists :func:`models` and :func:`tasks`: the demo's, plus what is registered here, from
-# Python, from the sidebar's "Your models and data" box, or from environment variables read once:
-#   FILTERSCOPE_MODELS="tv:alexnet@/data/alexnet.pth,tv:resnet18"   (comma-separated model ids)
-#   FILTERSCOPE_VOC=/data          (a folder holding VOCdevkit/VOC2007: CLS, DET-GT and DET tasks)
-#   FILTERSCOPE_VOC_2012=1         (also train detection on VOC 2012 trainval: PASCAL-DET+DATA)
-#   FILTERSCOPE_SUN397=/data/sun   (SUN-CLS)
-#   FILTERSCOPE_IMAGEFOLDER=/data/imgs   (ImageFolder trees <root>/train and <root>/test)
+# Python, from the sidebar's "Your models and data" box, or from the settings that name the user's
+# models and data (core.config.USER_DATA_SETTINGS: FILTERSCOPE_MODELS, _VOC, _VOC_2012, _SUN397,
+# _IMAGEFOLDER), registered once per distinct value.
 _MODELS: dict[str, str] = {}
-_ENV_KEYS = ("FILTERSCOPE_MODELS", "FILTERSCOPE_VOC", "FILTERSCOPE_VOC_2012", "FILTERSCOPE_SUN397",
-             "FILTERSCOPE_IMAGEFOLDER")
 _ENV_STATE: dict[str, Any] = {"seen": None, "errors": []}
 
 
@@ -300,10 +325,7 @@ def register_imagefolder(root: str) -> TaskSpec:
 def configure_from_env(environ: Any = None) -> list[str]:
     """Register the models and data named by the ``FILTERSCOPE_*`` variables (once per distinct
     setting). Never raises: each problem becomes a message in :func:`config_errors`."""
-    import os
-
-    env = os.environ if environ is None else environ
-    seen = tuple(env.get(k, "") for k in _ENV_KEYS)
+    seen = tuple(config.user_data(environ).values())
     with _LOCK:
         if _ENV_STATE["seen"] == seen:
             return list(_ENV_STATE["errors"])

@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core import detection as rcnn
-from core import extraction
-from core.cache import default_cache
+from core.tasks import rcnn
+from core.store import extraction
+from core.store.cache import default_cache
 from core.errors import InputError
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.catalog import _require_kind, load_detection, load_model, task
 from core.service.provenance import _cached, _prov
 
@@ -45,7 +45,7 @@ def detection_result(model_id: str, task_id: str, layer: str = "fc7", ablation: 
                      config: rcnn.DetectionConfig | None = None) -> dict:
     """PASCAL-DET: train R-CNN detectors on the task's train split, VOC 2007 AP on its test split.
 
-    Cached under the request (model, task, :class:`~core.detection.DetectionConfig`) plus the
+    Cached under the request (model, task, :class:`~core.tasks.rcnn.DetectionConfig`) plus the
     model's weights and both splits' annotation fingerprints. Region features go through the
     feature store, so a second layer or ablation of the same proposals re-uses them.
     """
@@ -67,6 +67,7 @@ def detection_result(model_id: str, task_id: str, layer: str = "fc7", ablation: 
 
 
 def asdict_config(cfg: rcnn.DetectionConfig) -> dict:
+    """A detection configuration as a plain dict (for provenance records and tables)."""
     from dataclasses import asdict
 
     return asdict(cfg)

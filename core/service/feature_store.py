@@ -17,12 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core import extraction
+from core.store import extraction
 from core.config import cache_root
-from core.datasets import ImageSet
+from core.data.datasets import ImageSet
 from core.errors import InputError
-from core.extraction import Progress
-from core.models import LoadedModel
+from core.store.extraction import Progress
+from core.data.models import LoadedModel
 from core.service.catalog import _LOCK, layers_of, load_model, load_set, task
 
 
@@ -60,7 +60,7 @@ def _extract(model_id: str, dataset_id: str, layers: Sequence[str], device: str,
         return extraction.extract(load_model(model_id), load_set(dataset_id), list(layers),
                                   device=device, progress=progress)
     if b.name == "ray":
-        from core import distributed
+        from core.store import ray_backend as distributed
         return distributed.extract_ray(load_model(model_id), load_set(dataset_id), list(layers), address=b.address,
                                        num_actors=b.num_actors, device=device, progress=progress)
     raise InputError(f"unknown compute backend '{b.name}'; use local or ray")
@@ -131,6 +131,7 @@ def extract_all(model_id: str, dataset_id: str, layers: Sequence[str], *, progre
 
 
 def is_extracted(model_id: str, dataset_id: str, layer: str) -> bool:
+    """True when the features of ``layer`` on ``dataset_id`` are stored and intact (nothing is computed)."""
     return _stored_features(load_model(model_id), load_set(dataset_id), layer) is not None
 
 

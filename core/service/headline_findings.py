@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from core import demo
-from core.config import code_version
+from core.demo import build as demo
+from core.hashing import code_version
 from core.errors import DataMissingError
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
 from core.service.catalog import _demo_built, demo_variants, layers_of, model_info, models, tasks
 from core.service.paper_tables import snapshot_table

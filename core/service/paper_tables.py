@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from core import demo
+from core.demo import build as demo
 from core.errors import DataMissingError, InputError
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.analyses import ablation, layer_map
 from core.service.catalog import TaskSpec, demo_variants, layers_of, task, tasks
 from core.service.detection_tasks import detection_map

@@ -5,9 +5,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from core.cache import default_cache
-from core.config import code_version
-from core.extraction import Progress
+from core.store.cache import default_cache
+from core.hashing import code_version
+from core.store.extraction import Progress
 from core.service.catalog import model_info
 
 

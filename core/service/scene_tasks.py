@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from core.analysis import scene_cls
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.catalog import TaskSpec, _require_kind, load_set, task
 from core.service.feature_store import features
 from core.service.provenance import _cached, _prov
@@ -23,7 +23,7 @@ class SceneRequest:
 
 def _scene_partitions(t: TaskSpec, n: int) -> list[np.ndarray] | None:
     """SUN397's official partitions when the task's data has them, else None (seeded splits)."""
-    from core.datasets import SUNImageSet, sun397_partitions
+    from core.data.datasets import SUNImageSet, sun397_partitions
 
     data = load_set(t.train)
     if t.train == t.test and isinstance(data, SUNImageSet):

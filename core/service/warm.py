@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from core.extraction import Progress
+from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
 from core.service.catalog import demo_variants, layers_of, models, task
 from core.service.feature_store import extract_all
