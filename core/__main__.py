@@ -106,7 +106,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
     from core import service
 
     model = service.resolve_model(args.model)
-    compare = service.resolve_model(args.compare)
+    compare = service.pretrained_counterpart(model, service.resolve_model(args.compare) if args.compare else None)
     with tqdm_progress() as cb:
         rows = service.findings(model, compare, args.task, args.cls_task or None, progress=cb)
     mark = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}
@@ -147,15 +147,43 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_id(args: argparse.Namespace) -> str:
+    """``--model`` (any model id; a bare torchvision name means tv:<name>) with ``--weights``."""
+    from core import service
+
+    if args.model == "demo" or args.model.startswith("demo:"):
+        return service.resolve_model(args.model)
+    if ":" in args.model:
+        if getattr(args, "weights", None):
+            raise SystemExit("--weights goes with a bare torchvision name; put the weights in the id: "
+                             f"{args.model}@{args.weights}")
+        return service.resolve_model(args.model)
+    return f"tv:{args.model}" + (f"@{args.weights}" if getattr(args, "weights", None) else "")
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """Every module path of a model with its output shape as stored; defaults marked with *."""
+    from core import service
+
+    model_id = _model_id(args)
+    info = service.model_layers(model_id)
+    print(f"{model_id}: {len(info)} modules; * = default layer (display name in brackets when it differs). "
+          "Token outputs are shown as stored: [units, h, w].")
+    width = max(len(r["path"]) for r in info) if info else 0
+    for r in info:
+        mark = "*" if r["default"] else " "
+        shape = "x".join(map(str, r["shape"])) if r["shape"] is not None else "-"
+        name = f"  [{r['name']}]" if r["name"] and r["name"] != r["path"] else ""
+        print(f"{mark} {r['path']:<{width}}  {shape}{name}")
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from core import service
     from core.store import extraction
     from core.data.datasets import load_dataset
 
-    if args.model == "demo" or args.model.startswith("demo:"):
-        model_id = service.resolve_model(args.model)
-    else:
-        model_id = args.model if ":" in args.model else f"tv:{args.model}" + (f"@{args.weights}" if args.weights else "")
+    model_id = _model_id(args)
     lm = service.load_model(model_id)
     data = load_dataset(args.dataset)
     layers = [l.strip() for l in args.layers.split(",") if l.strip()] if args.layers else list(lm.spec.layers)
@@ -207,6 +235,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = ("model id: demo (= demo:finetuned), demo:<variant>, tv:<arch>, timm:<name> or "
+              "py:<file.py>:<callable>, each with an optional @<weights file>; or a bare torchvision name")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Filterscope engine")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -226,13 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="with --train-source: write there instead of weights/demo/<profile>")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("layers", help="every module path of a model with its output shape; defaults marked")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", default=None, help="local state dict for a bare torchvision name")
+    p.set_defaults(func=cmd_layers)
+
     p = sub.add_parser("extract", help="extract layer features into the feature store")
-    p.add_argument("--model", required=True, help="demo (= demo:finetuned), demo:<variant>, tv:<arch> or a "
-                                                  "torchvision name")
-    p.add_argument("--weights", default=None, help="local state dict for a torchvision model")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", default=None, help="local state dict for a bare torchvision name")
     p.add_argument("--dataset", required=True, help="demo:<split>, voc2007:<root>:<split>[:det-gt], "
                                                      "imagefolder:<root>, fashion-mnist:<split> or a path")
-    p.add_argument("--layers", default="", help="comma-separated, e.g. conv1,conv5,fc7 (default: all)")
+    p.add_argument("--layers", default="", help="comma-separated default layers or any module paths, e.g. "
+                                                "conv1,conv5,fc7 or layer3.1.conv2,blocks.5 (default: the defaults)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -246,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("findings", help="check the paper's ten headline findings on a model (as the Overview page)")
     p.add_argument("--model", default="demo", help="model id (default demo = demo:finetuned)")
-    p.add_argument("--compare", default="demo:pretrained", help="the pretrained net it is compared with")
+    p.add_argument("--compare", default=None, help="the pretrained net it is compared with (default: "
+                   "demo:pretrained for a demo network; none for your own)")
     p.add_argument("--task", default="demo-detgt", help="task of the measurements (default demo-detgt, DET-GT)")
     p.add_argument("--cls-task", default="demo-cls", help="image-level task of the depth and Table 3 rows "
                                                            "('' to skip)")

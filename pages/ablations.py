@@ -32,6 +32,11 @@ with guard("sparsity"):
                 table_caption="Table 6: non-zero responses (%)")
     show_table(table.round(1), "sparsity_table", provenance=provs, width="stretch",
                caption=f"Table 6: non-zero responses (%) · {task.title}")
+    moot = sorted({r["layer"] for r in rows if not r.get("meaningful", True)})
+    if moot:
+        st.caption(f"Not meaningful for {', '.join(moot)}: their responses are not rectified (some are negative, "
+                   "as GELU outputs and normalised residual streams), so exact zeros do not mark units that did "
+                   "not fire; the table leaves them empty.")
     with st.expander("Per class (% non-zero)"):
         first = per_class[service.model_label(sel.model)]
         show_table(pd.DataFrame(first["per_class"], index=first["class_names"]).round(1), "sparsity_per_class",
@@ -60,7 +65,13 @@ with guard("the ablations"):
                                   aggfunc="first"), "ablation_table", provenance=res["provenance"], width="stretch",
                    caption=f"Tables 7-8: mAP (%) ± std over {seeds} re-drawn split(s) · {task.title}")
         n = 8 if task.kind == "det" else 7
-        ref = computing(f"Table {n} beside the paper…", service.paper_table, n, task.kind, sel.task, sel.model,
-                        chosen)
-        show_table(ref, "ablation_paper", provenance=res["provenance"], hide_index=True, width="stretch",
-                   caption=f"Table {n}: {sel.model} on {task.title} (measured) beside the paper's AlexNet figures")
+        if task.kind in service.PAPER_TABLE_TASKS[n]:
+            ref = computing(f"Table {n} beside the paper…", service.paper_table, n, task.kind, sel.task, sel.model,
+                            chosen)
+            show_table(ref, "ablation_paper", provenance=res["provenance"], hide_index=True, width="stretch",
+                       caption=f"Table {n}: {sel.model} on {task.title} (measured) beside the paper's AlexNet "
+                               "figures")
+        else:
+            st.caption(f"The paper has no Table {n} for a task like {task.title}: the measured table above "
+                       "stands alone (the paper's figures are for PASCAL-CLS, PASCAL-DET-GT, SUN-CLS and "
+                       "PASCAL-DET).")

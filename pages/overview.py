@@ -59,12 +59,15 @@ with guard("the per-layer mAP table"):
                caption=f"Per-layer linear-classifier mAP (%), Tables 1-4 analogue · {task.title}")
 
 st.header("The paper's headline findings, checked on this model")
-if service.task(sel.task).kind in ("det-gt", "scene"):
-    pre = sel.compare or "demo:pretrained"
+if service.task(sel.task).kind in ("det-gt", "scene", "other"):
+    pre = service.pretrained_counterpart(sel.model, sel.compare)
     with guard("the findings"):
         rows = computing("Checking findings…", service.findings, sel.model, pre, sel.task)
         summary = service.findings_summary(rows)
-        st.caption(f"Comparing {service.model_label(sel.model)} with {service.model_label(pre)} on {task.title}. {summary}. "
+        versus = (f"Comparing {service.model_label(sel.model)} with {service.model_label(pre)}" if pre else
+                  f"{service.model_label(sel.model)} alone (turn on the comparison in the sidebar to name its "
+                  "pretrained network)")
+        st.caption(f"{versus} on {task.title}. {summary}. "
                    "Each verdict follows the rule written in `core/analysis/findings.py`; "
                    "`python -m core findings --json F` prints the same table.")
         mark = {True: "✅ holds", False: "❌ does not hold", None: "➖ not measured"}
@@ -73,6 +76,8 @@ if service.task(sel.task).kind in ("det-gt", "scene"):
                    hide_index=True, width="stretch",
                    provenance=report.findings_provenances(report.ReportRequest(model=sel.model, compare=pre,
                                                                                task=sel.task), task),
-                   caption=f"The paper's headline findings on {sel.model} vs. {pre} · {task.title} · {summary}")
+                   caption=f"The paper's headline findings on {sel.model}" + (f" vs. {pre}" if pre else "")
+                           + f" · {task.title} · {summary}")
 else:
-    st.info("Findings are checked on single-label tasks (DET-GT crops or scenes); pick one in the sidebar.")
+    st.info("Findings are checked on single-label tasks (DET-GT crops, scenes, ImageFolder); pick one in the "
+            "sidebar.")

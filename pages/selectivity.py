@@ -11,7 +11,7 @@ from ui.common import (clickable, computing, custom_value, guard, memo_figure, n
                        select_and_rerun, show_figure, show_table, sidebar, widget_key)
 
 preset(layer="conv5")
-sel = sidebar(task_kinds=("det-gt", "scene"), default_task="demo-detgt")
+sel = sidebar(task_kinds=("det-gt", "scene", "other"), default_task="demo-detgt")  # single-label tasks
 task = service.task(sel.task)
 pres = st.session_state.get("presentation", False)
 st.title("Class selectivity of filters (Fig. 1)")

@@ -14,6 +14,13 @@ pres = st.session_state.get("presentation", False)
 st.title("Training dynamics")
 st.markdown("How pretraining length, fine-tuning and training from scratch shape each layer "
             "(paper Sec. 3). mAP: per-class linear classifiers on each layer's features, train → test split.")
+if not sel.model.startswith("demo:"):
+    st.info(f"Training dynamics needs the checkpoints of a training run: pretraining snapshots (Table 3, Fig. 2), "
+            f"and networks trained from scratch, fine-tuned fully and in fc6-fc7 only (Tables 1, 2, 4). "
+            f"{service.model_label(sel.model)} is one network, so nothing here can be measured on it. The embedded "
+            "demo has all of them: pick one of its models in the sidebar (or build it there). Checkpoint series of "
+            "your own run (a folder or glob of checkpoints in a model id) are not supported yet.")
+    st.stop()
 groups = service.demo_variants()
 
 

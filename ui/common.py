@@ -41,6 +41,29 @@ def progress_callback(bar) -> Callable[[int, int, str], None]:
     return cb
 
 
+def _needs_demo() -> bool:
+    """Build the embedded demo now? Only when there is nothing else to show (no model or no task of the
+    user's own), when a demo model or task is asked for (URL, earlier choice), or on the sidebar's button:
+    a user who starts the app on their own model and data does not wait for the demo."""
+    if service.demo_is_built():
+        return False
+    asked = [str(st.session_state.get(f"sel_{k}") or "") for k in ("model", "compare", "task")]
+    if st.session_state.get("_build_demo") or any(a.startswith("demo") for a in asked):
+        return True
+    own_models = [m for m in service.models() if not m.startswith("demo:")]
+    own_tasks = [t for t in service.tasks() if not t.startswith("demo")]
+    return not (own_models and own_tasks)
+
+
+def _demo_button() -> None:
+    """Sidebar button that builds the embedded demo on demand (shown while it is not built)."""
+    if not service.demo_is_built() and st.sidebar.button(
+            "Build the embedded demo", key="build_demo_btn", icon=":material/construction:",
+            help="The demo's networks and tasks (a few minutes, once): the paper's setting on procedural scenes."):
+        st.session_state["_build_demo"] = True
+        st.rerun()
+
+
 def ensure_demo() -> None:
     """Build the embedded demo on first use, with visible progress (stops the page until done)."""
     if service.demo_is_built():
@@ -125,9 +148,11 @@ def data_picker() -> None:
     with st.sidebar.expander("Your models and data", expanded=bool(problems)):
         for msg in problems:
             st.warning(msg)
-        model_id = st.text_input("Model id", key="add_model_id", placeholder="tv:alexnet@/data/alexnet.pth",
-                                 help="tv:<torchvision arch>[@<local state dict>]; without a file: the torch hub "
-                                      "cache if it holds the weights, else random init (provenance says which).")
+        model_id = st.text_input("Model id", key="add_model_id", placeholder="timm:resnet50@/data/resnet50.pth",
+                                 help="tv:<torchvision arch>, timm:<timm name> or py:<file.py>:<callable>, each with "
+                                      "an optional @<local weights file>; without a file: the torch hub / Hugging "
+                                      "Face cache if it holds the weights, else random init (provenance says "
+                                      "which). A py: id runs that file's code.")
         if st.button("Add model", key="add_model_btn", disabled=not model_id.strip()):
             _register(lambda: service.register_model(model_id), f"model {model_id}")
         kind = st.selectbox("Data kind", list(DATA_KINDS), key="add_data_kind")
@@ -480,9 +505,10 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
             default_compare: str = "demo:pretrained", default_task: str | None = None) -> Selection:
     """Common controls (model, compare model, task, layer, class) kept in session state and the URL."""
     route_through_app(sys._getframe(1).f_globals.get("__file__", ""))
-    ensure_demo()
     _init_from_url()
     _apply_pending()
+    if _needs_demo():
+        ensure_demo()
     models = service.models()
     tasks = {k: t for k, t in service.tasks().items() if not task_kinds or t.kind in task_kinds}
     if default_model in models and "sel_model" not in st.session_state:
@@ -501,7 +527,13 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
     if default_task and default_task in tasks and st.session_state.get("sel_task") not in tasks:
         st.session_state["sel_task"] = default_task
     task_id = _pick("Task / data", "task", list(tasks), lambda t: tasks[t].title)
-    chosen_layer = _pick("Layer", "layer", service.layers_of(model)) if layer else ""
+    chosen_layer = ""
+    if layer:
+        defaults = set(service.layers_of(model))
+        chosen_layer = _pick("Layer", "layer", service.layer_choices(model),
+                             lambda l: l if l in defaults else f"{l} (module)",
+                             help="The model's default layers first, then every other module path "
+                                  "(type to search, e.g. layer3.1.conv2 or blocks.5)")
     c = 0
     if cls:
         names = service.load_set(tasks[task_id].test).class_names
@@ -515,6 +547,7 @@ def sidebar(*, layer: bool = True, cls: bool = False, compare: bool = True,
     presentation_toggle()
     data_picker()
     backend_picker()
+    _demo_button()
     return Selection(model, task_id, chosen_layer, cmp_model, c)
 
 

@@ -21,7 +21,8 @@ from core.analysis.overlap import overlap_chance, shared_filters, topk_overlap, 
 from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve,
                                             shuffled_label_ap)
 from core.analysis.selectivity import aue, entropy_curves, selectivity_curve, shuffled_label_aue
-from core.analysis.sparsity import class_nonzero_fraction, nonzero_fraction, sparsity_summary
+from core.analysis.sparsity import (class_nonzero_fraction, nonzero_fraction, sparsity_meaningful,
+                                    sparsity_summary)
 from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins)
 from core.analysis.sharded import __all__ as _SHARDED
 from core.analysis.svm_ranking import (PAPER_K, FilterRankingResult, LinearMapResult,
@@ -41,7 +42,7 @@ __all__ = [
     # overlap (Fig. 5)
     "topk_sets", "topk_overlap", "shared_filters", "overlap_chance",
     # sparsity (Table 6)
-    "nonzero_fraction", "sparsity_summary", "class_nonzero_fraction",
+    "nonzero_fraction", "sparsity_summary", "class_nonzero_fraction", "sparsity_meaningful",
     # ablations (Sec. 5, Tables 7-8)
     "binarize", "spatial_max", "spatial_shuffle", "ablation_transforms", "bootstrap_map",
     "AblationResult", "ablation_study",

@@ -56,6 +56,24 @@ def sparsity_summary(acts: Any) -> dict[str, float]:
     return {"mean": float(frac.mean()), "std": float(frac.std(correction=0))}
 
 
+def sparsity_meaningful(acts: Any) -> bool:
+    """True when a layer's non-zero fraction means something: its responses are rectified (none is
+    negative), so an exact zero is a unit that did not fire, as after the paper's ReLUs.
+
+    Reproduces: the premise of Table 6 (the paper's layers are all rectified).
+
+    Deviation (not in the paper, whose layers are all rectified): GELU outputs and normalised
+    residual streams (a transformer block's output, a BatchNorm before its ReLU) are almost never
+    exactly zero, so their "non-zero %" would be ~100% whatever the units code: Table 6 and the
+    findings say "not meaningful for this layer" instead of printing it.
+
+    >>> sparsity_meaningful(np.array([[0.0, 2.0]])), sparsity_meaningful(np.array([[-0.1, 2.0]]))
+    (True, False)
+    """
+    x = torch.as_tensor(np.asarray(acts) if not isinstance(acts, torch.Tensor) else acts)
+    return bool(x.numel() == 0 or x.min() >= 0)
+
+
 def class_nonzero_fraction(acts: Any, labels: Any, num_classes: int | None = None) -> np.ndarray:
     """Mean non-zero fraction of the samples of each class.
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data.layers import TokenLayout, closest_paths
 from core.data.registry import Registry
 from core.errors import InputError
 
@@ -148,23 +149,42 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     resize: int | None = None  # resize shorter side before centre crop (torchvision models)
     extra: dict = field(default_factory=dict)
+    interpolation: str = "bilinear"  # of the resize: "bilinear" or "bicubic" (timm's ViTs)
+    tokens: TokenLayout | None = None  # transformers: how token outputs map onto spatial samples
 
     def describe(self) -> dict:
         """Provenance dictionary stored with every result computed from this model."""
-        return {"name": self.name, "arch": self.arch, "num_classes": self.num_classes,
-                "input_size": self.input_size, "layers": dict(self.layers),
-                "weights_source": self.weights.source, "weights_path": self.weights.path,
-                "weights_sha256": self.weights.sha256, **{k: v for k, v in self.extra.items()}}
+        out = {"name": self.name, "arch": self.arch, "num_classes": self.num_classes,
+               "input_size": self.input_size, "layers": dict(self.layers),
+               "weights_source": self.weights.source, "weights_path": self.weights.path,
+               "weights_sha256": self.weights.sha256, **{k: v for k, v in self.extra.items()}}
+        if self.interpolation != "bilinear":
+            out["interpolation"] = self.interpolation
+        if self.tokens is not None:
+            out["tokens"] = self.tokens.describe()
+        return out
+
+    def identity(self) -> tuple:
+        """What determines this model's features: architecture, weights, input transform, and where
+        they apply the resize's interpolation and the SHA-256 of the user's model code (the key of
+        its stored features; the same parts as before for the models that have neither)."""
+        parts: tuple = (self.arch, self.weights.sha256 or "random", self.input_size, self.mean, self.std, self.resize)
+        if self.interpolation != "bilinear":
+            parts += (("interpolation", self.interpolation),)
+        if self.extra.get("code_sha256"):
+            parts += (("code", self.extra["code_sha256"]),)
+        return parts
 
     def geometric_transform(self) -> Callable:
         """PIL RGB image -> uint8 tensor [3, S, S]: the resize (and centre crop) of :meth:`transform`."""
         from torchvision.transforms import v2 as T
 
+        mode = T.InterpolationMode(self.interpolation)
         steps = [T.ToImage()]
         if self.resize:
-            steps += [T.Resize(self.resize, antialias=True), T.CenterCrop(self.input_size)]
+            steps += [T.Resize(self.resize, interpolation=mode, antialias=True), T.CenterCrop(self.input_size)]
         else:
-            steps += [T.Resize((self.input_size, self.input_size), antialias=True)]
+            steps += [T.Resize((self.input_size, self.input_size), interpolation=mode, antialias=True)]
         return T.Compose(steps)
 
     def transform(self) -> Callable:
@@ -210,12 +230,20 @@ class LoadedModel:
     net: nn.Module
 
     def module(self, layer: str) -> nn.Module:
+        """The module of ``layer``: a default layer's display name or any module path of the network."""
         path = self.spec.layers.get(layer, layer)
         try:
             return self.net.get_submodule(path)
         except AttributeError as exc:
+            close = closest_paths(self.net, path)
             raise InputError(f"model '{self.spec.name}' has no layer '{layer}' (module path '{path}'); "
-                             f"available: {', '.join(self.spec.layers)}") from exc
+                             + (f"closest module paths: {', '.join(close)}; " if close else "")
+                             + f"default layers: {', '.join(self.spec.layers)}. `python -m core layers --model "
+                             "ID` lists every path.") from exc
+
+    def path(self, layer: str) -> str:
+        """The full module path of ``layer`` (a display name of the defaults, or a path already)."""
+        return self.spec.layers.get(layer, layer)
 
 
 # --------------------------------------------------------------------------- weights
@@ -236,9 +264,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"weights file not found: {p}. Give the path of a local .pt/.pth state dict.")
+        raise InputError(f"weights file not found: {p}. Give the path of a local .pt/.pth/.bin/.safetensors "
+                         "state dict.")
     if p.stat().st_size == 0:
         raise InputError(f"weights file {p} is empty (0 bytes); re-copy or re-save it.")
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -257,6 +288,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"weights file {p} does not hold a state dict of tensors "
                          f"(found {type(obj).__name__}). Save with torch.save(model.state_dict(), path).")
     return obj
+
+
+def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors (a format that holds tensors only: nothing to execute)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"weights file {p} could not be read as safetensors (truncated or not a safetensors "
+                         f"file): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    if not state:
+        raise InputError(f"weights file {p} holds no tensors.")
+    return state
+
+
+def classifier_outputs(state: dict[str, torch.Tensor], default: int) -> int:
+    """Number of classes of a checkpoint: rows of its last weight of rank >= 2 (a Linear, or a 1x1
+    conv as in SqueezeNet), ``default`` when it has none."""
+    last = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 2]
+    return int(last[-1].shape[0]) if last else default
 
 
 def apply_state_dict(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -341,11 +394,7 @@ def build_torchvision(arch: str, *, weights: str | os.PathLike | None = None,
     info = WeightsInfo("random init")
     path = Path(weights) if weights is not None else (hub_weights_path(arch) if use_hub_cache else None)
     state = load_checkpoint(path) if path is not None else None
-    num_classes = 1000
-    if state is not None:
-        # the classifier is the last weight of rank >= 2 (a Linear, or a 1x1 conv as in SqueezeNet)
-        last = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 2]
-        num_classes = int(last[-1].shape[0]) if last else 1000
+    num_classes = classifier_outputs(state, 1000) if state is not None else 1000
     net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if state is not None:
         apply_state_dict(net, state, str(path))
@@ -367,9 +416,10 @@ def build_torchvision(arch: str, *, weights: str | os.PathLike | None = None,
 
 # --------------------------------------------------------------------------- model ids
 MODEL_KINDS: Registry[Callable[[str], LoadedModel]] = Registry(
-    "model kind", "Use demo:<variant> or tv:<arch>[@<weights path>].")
+    "model kind", "Use demo:<variant>, tv:<arch>, timm:<name> or py:<file.py>:<callable> (each [@<weights path>]).")
 """``kind -> builder(rest_of_id)`` for ids ``<kind>:<rest>``; :func:`get_model` dispatches on it.
-The embedded demo registers ``demo`` (:mod:`core.demo.build`)."""
+``tv`` is registered here, ``timm`` by :mod:`core.data.timm_models`, ``py`` by :mod:`core.data.user_models`
+and ``demo`` by the embedded demo (:mod:`core.demo.build`); the service's catalog imports all of them."""
 
 
 @MODEL_KINDS.register("tv")
@@ -386,5 +436,5 @@ def get_model(model_id: str) -> LoadedModel:
     """
     kind, sep, rest = model_id.partition(":")
     if not sep:
-        raise InputError(f"model id {model_id!r} has no kind; use demo:<variant> or tv:<arch>[@<weights path>]")
+        raise InputError(f"model id {model_id!r} has no kind; " + MODEL_KINDS.hint.replace("Use", "use", 1))
     return MODEL_KINDS.get(kind)(rest)

@@ -616,9 +616,15 @@ def sparsity_figure(rows: Sequence[dict]) -> go.Figure:
     """Percent non-zero responses per layer, one bar group per variant. Reproduces Table 6.
 
     ``rows``: dicts with ``layer``, ``mean`` and ``std`` (percent, over images) and
-    optional ``variant`` (e.g. ``"pretrained"``, ``"fine-tuned"``).
+    optional ``variant`` (e.g. ``"pretrained"``, ``"fine-tuned"``) and ``meaningful``
+    (False: the layer's responses are not rectified; it is marked "not meaningful", no bar).
     """
     fig = _new_figure("Table 6")
+    moot = list(dict.fromkeys(r["layer"] for r in rows if r.get("meaningful", True) is False))
+    for layer in moot:
+        fig.add_annotation(x=layer, y=0, text="not<br>meaningful", showarrow=False, yanchor="bottom", yshift=4,
+                           font=dict(color=GREY), name="fs-not-meaningful",
+                           hovertext="responses are not rectified (some negative): exact zeros mean nothing")
     for i, (variant, rs) in enumerate(_grouped(rows, ("variant",)).items()):
         fig.add_bar(x=[r["layer"] for r in rs], y=[r["mean"] for r in rs], name=variant or "non-zero",
                     error_y=dict(type="data", array=[r.get("std", 0.0) for r in rs], thickness=2),
@@ -628,9 +634,11 @@ def sparsity_figure(rows: Sequence[dict]) -> go.Figure:
                                   "<extra></extra>")
     fig.update_layout(barmode="group", showlegend=len(fig.data) > 1)
     fig.update_xaxes(title_text="layer")
-    fig.update_yaxes(title_text="non-zero responses (% of units, mean ± std)", rangemode="tozero")
+    fig.update_yaxes(title_text="non-zero responses (% of units, mean ± std)", rangemode="tozero",
+                     **({"range": [0, 100]} if moot else {}))
+    note = f" Not meaningful (not rectified): {', '.join(moot)}." if moot else ""
     return apply_style(fig, title="Sparsity of filter responses by layer",
-                       caption=_caption("Table 6", "Error bars: standard deviation over images."))
+                       caption=_caption("Table 6", "Error bars: standard deviation over images." + note))
 
 
 def ablation_figure(rows: Sequence[dict], *, scale: float = 100.0, error: str = "ci") -> go.Figure:

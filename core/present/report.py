@@ -223,7 +223,14 @@ def _sparsity_item(req: ReportRequest, t: service.TaskSpec, progress: Progress |
     return _item(req, "sparsity", fig, title="Sparsity of filter responses by layer", ref="Table 6",
                  caption=_paper("Table 6", "percent non-zero responses per layer (mean ± std over items)", t,
                                 "test split"),
-                 prov=provs, page="ablations", table=table, table_caption="Table 6: non-zero responses (%)")
+                 prov=provs, page="ablations", table=table,
+                 table_caption="Table 6: non-zero responses (%)" + _moot_note(df))
+
+
+def _moot_note(rows: pd.DataFrame) -> str:
+    """The layers whose non-zero % is not meaningful (not rectified), for a table caption."""
+    moot = sorted(set(rows.loc[~rows.get("meaningful", pd.Series(True, index=rows.index)).astype(bool), "layer"]))
+    return f"; empty: not meaningful for {', '.join(moot)} (responses not rectified)" if moot else ""
 
 
 def _ablation_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
@@ -271,7 +278,8 @@ def findings_provenances(req: ReportRequest, t: service.TaskSpec) -> list[servic
 
 
 def _findings_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
-    rows = service.findings(req.model, req.compare or "demo:pretrained", req.task, progress=progress)
+    rows = service.findings(req.model, service.pretrained_counterpart(req.model, req.compare), req.task,
+                            progress=progress)
     fig = figures.findings_figure(rows)
     return _item(req, "findings", fig, title=fig.layout.title.text, ref="Figs. 1, 4; Tables 1-7",
                  caption=_paper("the headline findings", "each verdict by the rule in core/analysis/findings.py",

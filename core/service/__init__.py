@@ -38,7 +38,8 @@ from core.service.analyses import (TABLE_CLASSIFIER, AblationRequest, FilterAPRe
                                    shared_filters, sparsity, svm_ranking, top_activations)
 from core.service.catalog import (MODEL_ALIASES, TaskSpec, build_demo, config_errors, configure_from_env,
                                   demo_is_built, demo_summary, demo_tasks, demo_variants, first_layer_weights,
-                                  layer_shapes, layers_of, load_detection, load_model, load_set, model_info, model_label, models, register_imagefolder,
+                                  layer_choices, layer_shapes, layers_of, load_detection, load_model, load_set,
+                                  model_info, model_label, model_layers, models, register_imagefolder,
                                   register_model, register_sun397, register_task, register_voc,
                                   register_voc_detection, resolve_model, task, tasks, training_curves)
 from core.service.detection_tasks import (DEMO_DETECTION, REAL_DETECTION, DetectionRequest, asdict_config,
@@ -46,7 +47,7 @@ from core.service.detection_tasks import (DEMO_DETECTION, REAL_DETECTION, Detect
                                           detections, is_detection_cached)
 from core.service.feature_store import (ComputeBackend, cache_status, compute_backend, extract_all, features,
                                         is_extracted, pooled)
-from core.service.headline_findings import findings, findings_provenance, findings_summary
+from core.service.headline_findings import findings, findings_provenance, findings_summary, pretrained_counterpart
 from core.service.paper_tables import (PAPER_TABLE_TASKS, PAPER_TABLES, finetune_from_table, paper_column,
                                        paper_table, snapshot_table, task_ablation, task_metric)
 from core.service.provenance import Provenance
@@ -58,7 +59,8 @@ __all__ = [
     "DataMissingError", "InputError", "Progress",
     # catalog
     "TaskSpec", "MODEL_ALIASES", "register_task", "tasks", "task", "models", "resolve_model", "load_model",
-    "load_set", "load_detection", "model_info", "model_label", "layers_of", "layer_shapes", "first_layer_weights",
+    "load_set", "load_detection", "model_info", "model_label", "layers_of", "layer_shapes", "model_layers", "layer_choices",
+    "first_layer_weights",
     "demo_variants", "training_curves", "demo_summary", "demo_tasks", "demo_is_built", "build_demo",
     "register_model", "register_voc",
     "register_voc_detection", "register_sun397", "register_imagefolder", "configure_from_env", "config_errors",
@@ -80,6 +82,7 @@ __all__ = [
     # the paper's tables and findings
     "task_metric", "task_ablation", "PAPER_TABLES", "PAPER_TABLE_TASKS", "paper_column", "paper_table",
     "snapshot_table", "finetune_from_table", "findings", "findings_provenance", "findings_summary",
+    "pretrained_counterpart",
     # warming
     "warm_plan", "warm_demo",
 ]

@@ -249,11 +249,16 @@ class SparsityRequest:
     model: str
     task: str
     layers: tuple[str, ...]
+    version: int = 2  # 2: rows say whether the layer's non-zero fraction is meaningful
 
 
 def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
              progress: Progress | None = None) -> dict:
-    """Table 6: % non-zeros per layer (mean ± std over items) and per class."""
+    """Table 6: % non-zeros per layer (mean ± std over items) and per class.
+
+    A layer whose responses are not rectified (some negative: GELU, a normalised residual stream) gets
+    ``meaningful=False`` and NaN for its percentages (:func:`core.analysis.sparsity_meaningful`).
+    """
     t = task(task_id)
     layers = tuple(layers or layers_of(model_id))
     feats = {l: features(model_id, t.test, l, progress=progress) for l in layers}
@@ -262,9 +267,14 @@ def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
         data = load_set(t.test)
         rows, per_class = [], {}
         for l, f in feats.items():
-            s = analysis.sparsity_summary(f.array())
-            rows.append({"layer": l, "mean": 100 * s["mean"], "std": 100 * s["std"]})
-            per_class[l] = 100 * analysis.class_nonzero_fraction(f.array(), data.labels, data.num_classes)
+            x = f.array()
+            if analysis.sparsity_meaningful(x):
+                s = analysis.sparsity_summary(x)
+                rows.append({"layer": l, "mean": 100 * s["mean"], "std": 100 * s["std"], "meaningful": True})
+                per_class[l] = 100 * analysis.class_nonzero_fraction(x, data.labels, data.num_classes)
+            else:
+                rows.append({"layer": l, "mean": float("nan"), "std": float("nan"), "meaningful": False})
+                per_class[l] = np.full(data.num_classes, np.nan)
         return {"table": rows, "per_class": per_class, "class_names": data.class_names,
                 "provenance": _prov(model_id, t.test, ",".join(layers), {})}
 

@@ -19,11 +19,13 @@ import numpy as np
 
 from core import config
 from core.data.datasets import ImageSet, load_dataset
-from core.data.models import LoadedModel, get_model
+from core.data import timm_models, user_models  # noqa: F401  (register the timm: and py: model kinds)
+from core.data.models import MODEL_KINDS, LoadedModel, get_model
 from core.demo import build as demo
 from core.demo import profiles as demo_profiles
 from core.errors import DataMissingError, InputError
 from core.store.extraction import Progress
+from core.store.extraction import all_layer_shapes as _forward_all_shapes
 from core.store.extraction import layer_shapes as _forward_shapes
 from core.tasks import rcnn
 
@@ -117,25 +119,34 @@ MODEL_ALIASES = {"demo": "demo:finetuned"}
 
 
 def model_label(model_id: str) -> str:
-    """Short legend name of a model: 'fine-tuned', 'pretrained', 'snapshot 00200'…"""
-    v = model_id.split(":", 1)[-1]
-    return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
+    """Short legend name of a model: 'fine-tuned', 'pretrained', 'snapshot 00200' for the demo's;
+    'resnet50 @ft-voc' (name, and the weights file's stem) or 'mynet.py:build' for the others."""
+    kind, _, v = model_id.partition(":")
+    if kind == "demo":
+        return {"finetuned": "fine-tuned", "fc-finetuned": "fc-only fine-tuned"}.get(v, v.replace("-", " "))
+    head, _, weights = v.partition("@")
+    if kind == "py":
+        file, _, fn = head.rpartition(":")
+        head = f"{Path(file).name}:{fn}"
+    return head + (f" @{Path(weights).stem}" if weights else "")
 
 
 def resolve_model(model_id: str) -> str:
     """The model id behind what a user typed (an alias of :data:`MODEL_ALIASES` or an id).
 
-    Demo ids and aliases are checked against the built demo's networks; ``tv:`` ids are
-    returned as they are (their weights are checked when loaded). Raises InputError
+    Demo ids and aliases are checked against the built demo's networks; ``tv:``, ``timm:`` and
+    ``py:`` ids are returned as they are (they are checked when loaded). Raises InputError
     listing the valid ids otherwise.
     """
     model_id = MODEL_ALIASES.get(model_id, model_id)
-    if model_id.startswith("tv:"):
+    kind, sep, _ = model_id.partition(":")
+    if sep and kind != "demo" and kind in MODEL_KINDS:
         return model_id
     known = models()
     if model_id not in known:
         listing = ", ".join([*(a for a, m in MODEL_ALIASES.items() if m in known), *known]) or "none (build the demo)"
-        raise InputError(f"unknown model id '{model_id}'; valid ids: {listing}, or tv:<arch>[@<weights path>]")
+        raise InputError(f"unknown model id '{model_id}'; valid ids: {listing}, or tv:<arch>[@<weights path>], "
+                         "timm:<name>[@<weights path>], py:<file.py>:<callable>[@<weights path>]")
     return model_id
 
 
@@ -183,6 +194,29 @@ def layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
 @lru_cache(maxsize=32)
 def _layer_shapes(model_id: str) -> dict[str, tuple[int, ...]]:
     return _forward_shapes(load_model(model_id))
+
+
+def model_layers(model_id: str) -> list[dict]:
+    """Every module of the model, in definition order: ``path``, output ``shape`` as stored (units first,
+    token outputs on their grid; None where the module does not run in a plain forward), ``default``
+    (one of the analysable layers offered first) and its display ``name`` (its path for the others)."""
+    lm = load_model(model_id)
+    names = {path: name for name, path in lm.spec.layers.items()}
+    return [{"path": path, "shape": shape, "default": path in names, "name": names.get(path, path)}
+            for path, shape in _all_shapes(model_id).items()]
+
+
+def layer_choices(model_id: str) -> list[str]:
+    """The layers a user can pick: the model's default layers (display names) first, then every other
+    module path whose output is one tensor, in definition order."""
+    defaults = layers_of(model_id)
+    paths = set(load_model(model_id).spec.layers.values())
+    return defaults + [r["path"] for r in model_layers(model_id) if r["shape"] is not None and r["path"] not in paths]
+
+
+@lru_cache(maxsize=8)
+def _all_shapes(model_id: str) -> dict[str, tuple[int, ...] | None]:
+    return _forward_all_shapes(load_model(model_id))
 
 
 def first_layer_weights(model_id: str) -> np.ndarray:

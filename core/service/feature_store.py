@@ -90,8 +90,7 @@ def _file_signature(npy) -> tuple | None:
 
 def _features_dir(lm: LoadedModel, data: ImageSet):
     spec = lm.spec
-    key = (str(cache_root()), spec.name, spec.arch, spec.weights.sha256, spec.input_size,
-           tuple(spec.mean), tuple(spec.std), spec.resize, data.name, data.fingerprint)
+    key = (str(cache_root()), spec.name, *spec.identity(), data.name, data.fingerprint)
     with _LOCK:
         found = _DIRS.get(key)
     if found is None:

@@ -8,15 +8,31 @@ from core.hashing import code_version
 from core.errors import DataMissingError
 from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
-from core.service.catalog import _demo_built, demo_variants, layers_of, model_info, models, tasks
+from core.service.catalog import _demo_built, demo_variants, layers_of, model_info, model_label, models, tasks
+
+#: what each demo network is to the fine-tuned one, for the rows a user's own model cannot measure yet
+_ROLE = {"demo:scratch": "a network of the same architecture trained from scratch on this task",
+         "demo:fc-finetuned": "a version fine-tuned in its last two layers only"}
+_OWN_SNAPSHOTS = "needs checkpoints of the pretraining run, which only the embedded demo has so far"
 from core.service.paper_tables import snapshot_table
 
 
-def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrained",
+def pretrained_counterpart(model_id: str, compare: str | None = None) -> str | None:
+    """The pretrained network a model's findings compare it with: ``compare`` when given, the demo's
+    pretrained net for a demo network, else None (rows that need one then say so: never another
+    network trained on other data)."""
+    if compare:
+        return compare
+    return "demo:pretrained" if model_id.startswith("demo:") else None
+
+
+def findings(finetuned: str = "demo:finetuned", pretrained: str | None = "demo:pretrained",
              task_id: str = "demo-detgt", cls_task: str | None = "demo-cls",
              progress: Progress | None = None) -> list[dict]:
     """The paper's ten headline findings checked on these models (:mod:`core.analysis.findings`).
 
+    ``pretrained`` is the network ``finetuned`` started from (:func:`pretrained_counterpart`); None
+    leaves the rows that compare with it "not measured", saying how to give it.
     Measured on ``task_id`` (DET-GT by default) unless a rule says otherwise: mAP rising
     with depth is checked on ``cls_task`` too, and the layer-convergence rule reads Table 3
     (pretraining snapshots) on ``cls_task``. Rows that need the demo's other networks
@@ -30,6 +46,8 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrain
     """
     from core.analysis import findings as fnd
 
+    if cls_task and cls_task.startswith("demo") and not finetuned.startswith("demo:"):
+        cls_task = None  # the demo's image-level task says nothing about a network trained on other data
     layers = layers_of(finetuned)
     first, last = layers[0], layers[-1]
     fc = tuple(l for l in ("fc6", "fc7") if l in layers) or tuple(layers[-2:])
@@ -40,8 +58,15 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrain
     def fc7_map(m: str, t: str = task_id) -> float:
         return layer_map(m, t, last, progress)["map"]
 
-    def need(*model_ids: str) -> None:
-        missing = [m for m in model_ids if m not in ids]
+    def need(*model_ids: str | None) -> None:
+        if None in model_ids:
+            raise DataMissingError(f"needs the pretrained network {model_label(finetuned)} started from: pick it as "
+                                   "the compare model (sidebar, or --compare)")
+        roles = [m for m in model_ids if m in _ROLE]
+        if roles and not finetuned.startswith("demo:"):  # the demo's networks are not this model's
+            raise DataMissingError(f"needs {' and '.join(_ROLE[m] for m in roles)}, beside "
+                                   f"{model_label(finetuned)}; only the embedded demo has one so far")
+        missing = [m for m in model_ids if m not in ids and m.startswith("demo:")]
         if missing:
             raise DataMissingError(f"needs {', '.join(missing)} (the embedded demo's networks)")
 
@@ -65,6 +90,8 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrain
 
     def longer():
         earlier = [m for m in variants.get("ft_from", []) if "-from-" in m]
+        if not finetuned.startswith("demo:"):
+            raise DataMissingError(_OWN_SNAPSHOTS)
         if not earlier or finetuned != "demo:finetuned":
             raise DataMissingError("needs demo:finetuned and a demo net fine-tuned from a pretraining snapshot")
         earliest = min(earlier, key=lambda m: int(m.rsplit("-", 1)[1]))
@@ -88,10 +115,16 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrain
                                     need_res.ranking.full_ap, conv)
 
     def sparse():
-        table = {r["layer"]: r["mean"] for r in sparsity(finetuned, task_id, progress=progress)["table"]}
-        return fnd.sparsity_falls(table, first, conv, last)
+        rows = [r for r in sparsity(finetuned, task_id, progress=progress)["table"] if r["layer"] in (first, conv, last)]
+        moot = [r["layer"] for r in rows if not r.get("meaningful", True)]
+        if moot:
+            raise DataMissingError(f"not meaningful for {', '.join(moot)}: responses are not rectified (some are "
+                                   "negative), so exact zeros do not mark units that did not fire")
+        return fnd.sparsity_falls({r["layer"]: r["mean"] for r in rows}, first, conv, last)
 
     def converge():
+        if not finetuned.startswith("demo:"):
+            raise DataMissingError(_OWN_SNAPSHOTS)
         if not variants.get("snapshots") or not cls_task or cls_task not in tasks():
             raise DataMissingError("needs the demo's pretraining snapshots and its image-level task")
         table = snapshot_table(cls_task, [first, last], progress)
@@ -114,11 +147,12 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str = "demo:pretrain
     return [r.row() for r in rows]
 
 
-def findings_provenance(finetuned: str, pretrained: str, task_id: str, cls_task: str | None) -> dict:
+def findings_provenance(finetuned: str, pretrained: str | None, task_id: str, cls_task: str | None) -> dict:
     """Where :func:`findings`' numbers come from: models with weights hashes, tasks, code version."""
-    keep = ("id", "name", "arch", "weights_source", "weights_path", "weights_sha256")
+    keep = ("id", "name", "arch", "weights_source", "weights_path", "weights_sha256", "code_sha256",
+            "source_file", "timm_version", "torch_version")
     nets = {m: {k: v for k, v in model_info(m).items() if k in keep}
-            for m in dict.fromkeys([finetuned, pretrained]) if m in models() or m.startswith("tv:")}
+            for m in dict.fromkeys([finetuned, pretrained]) if m and (m in models() or not m.startswith("demo:"))}
     return {"models": nets, "task": task_id, "cls_task": cls_task, "code_version": code_version(),
             "demo": {k: demo.manifest().get(k) for k in ("profile", "config_hash", "built")} if _demo_built() else None}
 

@@ -38,6 +38,7 @@ from core.config import cache_root
 from core.hashing import code_version, stable_hash
 from core.data.datasets import ArrayImageSet, ImageSet
 from core.errors import CacheCorruptError, InputError
+from core.data.layers import module_paths, unit_view
 from core.data.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,11 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
                    ) -> Iterator[dict[str, torch.Tensor]]:
     """Register forward hooks on ``layers``; yields a dict filled with each forward's outputs.
 
+    ``layers`` are default layers' display names or any module paths. A transformer's token
+    outputs are stored as units over their patch grid (:func:`core.data.layers.unit_view`).
+    Only forwards run by the thread that entered the block are recorded: two threads (two app
+    sessions) extracting the same network at once each get their own batches' outputs.
+
     Hooks are removed on exit, also when the body raises. Outputs are detached and
     copied (torchvision's in-place ReLUs would otherwise alias them), dense in the layout
     the network produced (:func:`channels_last` tells which), and converted to ``dtype``
@@ -151,11 +157,20 @@ def capture_layers(loaded: LoadedModel, layers: Sequence[str], dtype: torch.dtyp
     outputs: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] | None = {} if reuse else None
     handles = []
+    tokens = loaded.spec.tokens
+    owner = threading.get_ident()
     try:
         for layer in layers:
             module = loaded.module(layer)
 
             def hook(_m, _inp, out, _name=layer):
+                if threading.get_ident() != owner:  # another thread's forward of the same network
+                    return
+                if not isinstance(out, torch.Tensor):
+                    raise InputError(f"layer '{_name}' of '{loaded.spec.name}' outputs a "
+                                     f"{type(out).__name__}, not a tensor: pick one of its sub-modules "
+                                     "(`python -m core layers --model ID` lists them with their shapes)")
+                out = unit_view(out, tokens)  # token sequences -> [N, D, h, w] (core.data.layers)
                 outputs[_name] = _detached_copy(out, dtype or out.dtype, buffers, _name)
                 if maxima is not None and out.dim() == 4:
                     maxima[_name] = out.detach().amax(dim=(2, 3)).to(dtype or out.dtype)
@@ -343,7 +358,7 @@ def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: t
 # --------------------------------------------------------------------------- store
 def model_key(loaded: LoadedModel) -> str:
     spec = loaded.spec
-    return f"{spec.name.replace(':', '-').replace('/', '-')}-{stable_hash(spec.arch, spec.weights.sha256 or 'random', spec.input_size, spec.mean, spec.std, spec.resize, length=10)}"
+    return f"{spec.name.replace(':', '-').replace('/', '-')}-{stable_hash(*spec.identity(), length=10)}"
 
 
 def features_dir(loaded: LoadedModel, data: ImageSet, root: Path | None = None) -> Path:
@@ -508,7 +523,9 @@ def layer_fingerprint(loaded: LoadedModel, data: ImageSet, layer: str, shape: Se
 def _provenance(loaded: LoadedModel, data: ImageSet, device: torch.device) -> dict:
     return {"model": loaded.spec.describe(), "dataset": data.describe(), "device": device_label(device),
             "transform": {"input_size": loaded.spec.input_size, "mean": list(loaded.spec.mean),
-                          "std": list(loaded.spec.std), "resize": loaded.spec.resize},
+                          "std": list(loaded.spec.std), "resize": loaded.spec.resize,
+                          **({"interpolation": loaded.spec.interpolation}
+                             if loaded.spec.interpolation != "bilinear" else {})},
             "code_version": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -785,9 +802,36 @@ def forward_throughput(loaded: LoadedModel, batches: list[torch.Tensor], device:
     return sum(len(x) for x in xs) / (time.perf_counter() - t0)
 
 
-def layer_shapes(loaded: LoadedModel, device: str = "cpu") -> dict[str, tuple[int, ...]]:
-    """Output shape (without batch) of each analysable layer, from one dummy forward pass."""
+def layer_shapes(loaded: LoadedModel, device: str = "cpu", layers: Sequence[str] | None = None
+                 ) -> dict[str, tuple[int, ...]]:
+    """Output shape (without batch) of each of ``layers`` (default: the analysable ones) as stored:
+    units first, token outputs on their grid. One dummy forward pass."""
     x = torch.zeros(1, 3, loaded.spec.input_size, loaded.spec.input_size, device=device)
-    with torch.no_grad(), capture_layers(loaded, list(loaded.spec.layers)) as store:
+    with torch.no_grad(), capture_layers(loaded, list(loaded.spec.layers if layers is None else layers)) as store:
         loaded.net.to(device)(x)
     return {k: tuple(v.shape[1:]) for k, v in store.items()}
+
+
+def all_layer_shapes(loaded: LoadedModel, device: str = "cpu") -> dict[str, tuple[int, ...] | None]:
+    """Every module path of the network with its output shape as stored (None where the module
+    does not run in a plain forward or outputs something other than one tensor). One forward."""
+    x = torch.zeros(1, 3, loaded.spec.input_size, loaded.spec.input_size, device=device)
+    shapes: dict[str, tuple[int, ...] | None] = {p: None for p in module_paths(loaded.net)}
+    handles = []
+
+    def hook(name: str):
+        def record(_m, _inp, out):
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(unit_view(out, loaded.spec.tokens).shape[1:])
+        return record
+
+    try:
+        for name, module in loaded.net.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        with torch.no_grad():
+            loaded.net.to(device)(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

@@ -45,6 +45,7 @@ from core.analysis.sharded import ShardData, StoredShard, load_shard
 from core.data.datasets import ArrayImageSet, ImageSet
 from core.errors import CacheCorruptError, InputError
 from core.data.models import LoadedModel
+from core.data.user_models import user_modules
 
 log = logging.getLogger(__name__)
 RAY_REQUIREMENT = "ray[data]==2.58.0"
@@ -246,6 +247,8 @@ def _run_actors(ray: Any, model: LoadedModel, data: ImageSet, layers: list[str],
                 ranges: list[tuple[int, int]], batch_size: int, plan: tuple[int, float, str],
                 threads: int | None, progress: extraction.Progress | None, n: int) -> list[dict]:
     _quiet_data(ray)
+    for module in user_modules(model.net):  # a py: model file is imported by path: workers cannot import it
+        ray.cloudpickle.register_pickle_by_value(module)
     num_actors, gpus, dev = plan
     items = [{"start": a, "stop": b} for a, b in ranges]
     ds = ray.data.from_items(items, override_num_blocks=len(items))

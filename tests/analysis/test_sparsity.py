@@ -45,3 +45,15 @@ def test_bad_input():
         analysis.nonzero_fraction(np.zeros(4))
     with pytest.raises(InputError):
         analysis.nonzero_fraction(np.array([[np.nan, 1.0]]))
+
+
+def test_sparsity_is_meaningful_only_for_rectified_responses():
+    """Known answers: ReLU outputs (zeros where a unit did not fire) are meaningful; a GELU output or a
+    normalised residual stream (negative values) is not, whatever its count of exact zeros."""
+    from core.analysis import sparsity_meaningful
+
+    x = torch.randn(20, 8, 4, 4)
+    assert sparsity_meaningful(torch.relu(x)) and sparsity_meaningful(np.zeros((3, 5)))
+    assert not sparsity_meaningful(torch.nn.functional.gelu(x))
+    assert not sparsity_meaningful(np.where(np.arange(10) == 3, -1e-3, 0.0)[None])
+    assert sparsity_meaningful(np.empty((0, 4)))

@@ -301,9 +301,12 @@ def test_figures_from_the_service_results(rng):
 
     sparsity = {v: {"table": [{"layer": l, "mean": 40.0 + i + 5 * j, "std": 1.0} for i, l in enumerate(LAYERS)]}
                 for j, v in enumerate(("pretrained", "fine-tuned"))}
+    sparsity["fine-tuned"]["table"][-1].update(mean=float("nan"), std=float("nan"), meaningful=False)
     sp = F.sparsity_results_figure(sparsity)
+    marks = [a for a in sp.layout.annotations if a.name == "fs-not-meaningful"]
+    assert [a.x for a in marks] == ["fc7"] and "not meaningful" in _annotation(sp, "fs-caption").text.lower()
     assert [t.name for t in sp.data] == ["pretrained", "fine-tuned"]
-    np.testing.assert_array_equal(_y(sp.data[1]), [45.0 + i for i in range(7)])
+    np.testing.assert_array_equal(_y(sp.data[1])[:6], [45.0 + i for i in range(6)])
 
     summary = lambda off: [{"ablation": a, "mean": off + 0.1 * i, "std": 0.0, "ci_low": off, "ci_high": off + 0.2}
                            for i, a in enumerate(("original", "binarize"))]  # noqa: E731

@@ -250,3 +250,28 @@ def test_cuda_extraction_matches_the_cpu_forward(tmp_path, tiny_images):
         if arr.ndim == 4:
             assert np.array_equal(got[layer].maxima(), np.asarray(got[layer].array()).max(axis=(2, 3)))
     assert got["conv1"].manifest["device"].startswith("cuda")
+
+
+def test_two_threads_extracting_the_same_network_get_their_own_outputs(tmp_path, tiny_images):
+    """Hooks of one extraction ignore another thread's forward of the same network (two app sessions
+    asking for the same model at once): before, each thread's hooks also caught the other's batches."""
+    import threading
+
+    images, labels = tiny_images
+    ds = ArrayImageSet("tiny", images, labels, ["a", "b", "c"])
+    ds_rev = ArrayImageSet("tiny-rev", np.ascontiguousarray(images[::-1]), labels[::-1], ["a", "b", "c"])
+    torch.manual_seed(7)
+    lm = models.build_demo(num_classes=3)
+    refs = {d.name: _direct(lm, d.images)["conv5"] for d in (ds, ds_rev)}
+    start = threading.Barrier(2)
+    out = {}
+
+    def run(d):
+        start.wait()
+        out[d.name] = extraction.extract(lm, d, ["conv5"], device="cpu", batch_size=4,
+                                         root=tmp_path / d.name)["conv5"].array().astype(np.float32)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in (ds, ds_rev)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    for name, ref in refs.items():
+        np.testing.assert_allclose(out[name], ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())

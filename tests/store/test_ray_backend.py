@@ -287,3 +287,28 @@ def test_cli_backend_ray_matches_local(ray_local, tmp_path, monkeypatch, capsys)
     for layer, f in remote.items():
         assert f.sharded and [s for s, _ in f.shards()] == [0, 8]
         assert np.array_equal(f.array(), local[layer].array()), layer
+
+
+@pytest.mark.slow
+def test_ray_extracts_a_py_model_and_a_vit_like_the_local_backend(ray_local, tmp_path):
+    """Your own network on Ray: a py: model file (imported by path, so its classes reach the actors by
+    value) at a nested module path, and a timm ViT block (tokens on their grid): equal to local."""
+    from core.data.datasets import ArrayImageSet
+    from core.data.models import get_model
+    from core.service import catalog  # noqa: F401  (registers timm: and py:)
+    from core.store.ray_backend import extract_ray
+
+    (tmp_path / "netfile.py").write_text(
+        "from torch import nn\n\n\nclass Tiny(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3))\n"
+        "        self.head = nn.Linear(6, 2)\n\n    def forward(self, x):\n"
+        "        return self.head(self.body(x).mean((2, 3)))\n\n\ndef build():\n    return Tiny(), {'input_size': 24}\n")
+    rng = np.random.default_rng(5)
+    data = ArrayImageSet("rand", rng.integers(0, 256, (10, 24, 24, 3), dtype=np.uint8), np.arange(10) % 2, ["a", "b"])
+    for model_id, layer in ((f"py:{tmp_path / 'netfile.py'}:build", "body.2"), ("timm:test_vit", "blocks.0")):
+        lm = get_model(model_id)
+        remote = extract_ray(lm, data, [layer], num_actors=2, shard_size=4, batch_size=4,
+                             root=tmp_path / "ray")[layer]
+        local = extraction.extract(lm, data, [layer], root=tmp_path / "local", batch_size=4)[layer]
+        assert remote.sharded and remote.array().shape == local.array().shape
+        assert np.array_equal(remote.array(), local.array()), model_id
