@@ -14,14 +14,17 @@ pres = st.session_state.get("presentation", False)
 st.title("Training dynamics")
 st.markdown("How pretraining length, fine-tuning and training from scratch shape each layer "
             "(paper Sec. 3). mAP: per-class linear classifiers on each layer's features, train → test split.")
-if not sel.model.startswith("demo:"):
-    st.info(f"Training dynamics needs the checkpoints of a training run: pretraining snapshots (Table 3, Fig. 2), "
-            f"and networks trained from scratch, fine-tuned fully and in fc6-fc7 only (Tables 1, 2, 4). "
-            f"{service.model_label(sel.model)} is one network, so nothing here can be measured on it. The embedded "
-            "demo has all of them: pick one of its models in the sidebar (or build it there). Checkpoint series of "
-            "your own run (a folder or glob of checkpoints in a model id) are not supported yet.")
+run = service.checkpoint_series(sel.model)
+if not sel.model.startswith("demo:") and not run:
+    st.info(f"Training dynamics needs the checkpoints of a training run (Table 3, Fig. 2): "
+            f"{service.model_label(sel.model)} is one network. Name the run's checkpoints as a series in a model id, "
+            "a folder or a glob after the @, ordered by the step number in their names: "
+            "`timm:resnet50@runs/exp3/ckpt-*.pth` or `py:mynet.py:build@runs/exp3/` (sidebar's Your models and "
+            "data box, or FILTERSCOPE_MODELS). Tables 1, 2 and 4 also need networks trained from scratch and "
+            "fine-tuned in fc6-fc7 only: the embedded demo has them all (pick one of its models in the sidebar).")
     st.stop()
-groups = service.demo_variants()
+steps = dict(run)  # step -> the checkpoint's model id (a series of the user's own run)
+groups = service.demo_variants() if not run else {}
 
 
 def _style(fig, caption, stamp=None):
@@ -29,9 +32,11 @@ def _style(fig, caption, stamp=None):
     return fig
 
 
-st.header("Pretraining snapshots (Table 3, Fig. 2)")
+st.header("Pretraining snapshots (Table 3, Fig. 2)" if not run else
+          f"Checkpoints of {service.model_label(sel.model)} (Table 3, Fig. 2)")
 with guard("the snapshot table"):
-    snap = computing("Per-layer mAP of every snapshot…", service.snapshot_table, sel.task).round(1)
+    snap = computing(f"Per-layer mAP of every {'checkpoint' if run else 'snapshot'}…", service.snapshot_table,
+                     sel.task, series=sel.model if run else None).round(1)
     # figures are kept between reruns (memo_figure), keyed by the numbers they draw
     show_figure(memo_figure(("snapshots", sel.task, pres, snap.to_json()),
                             lambda: _style(figures.snapshot_figure(snap), "Reproduces Table 3")), "snapshots",
@@ -39,18 +44,19 @@ with guard("the snapshot table"):
     show_table(snap, "snapshots_table", width="stretch",
                caption=f"Table 3 analogue: per-layer mAP (%) of each pretraining snapshot · {task.title}")
     its = list(snap.index)
-    it = st.select_slider("Snapshot (pretraining iteration)", options=its, value=its[-1], key="snap_it")
-    summary = service.demo_summary()
-    acc = summary["source_val_accuracy_by_snapshot"].get(str(it))
+    it = st.select_slider("Checkpoint (step)" if run else "Snapshot (pretraining iteration)", options=its,
+                          value=its[-1], key="snap_it")
+    acc = None if run else service.demo_summary()["source_val_accuracy_by_snapshot"].get(str(it))
     c1, c2 = st.columns([3, 2])
     with c1:
-        w = service.first_layer_weights(f"demo:snapshot-{it:05d}")
+        w = service.first_layer_weights(steps[it] if run else f"demo:snapshot-{it:05d}")
         fig = memo_figure(("conv1_grid", it, sel.task, pres, hashlib.sha256(w.tobytes()).hexdigest()),
                           lambda: _style(figures.filter_grid_figure(w, title=f"conv1 filters after {it} iterations"),
                                          "Reproduces Fig. 2"))
         show_figure(fig, "conv1_grid")
     with c2:
-        st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
+        if not run:
+            st.metric("Source-task validation accuracy", f"{100 * acc:.1f}%" if acc is not None else "—")
         show_table(snap.loc[[it]].T.rename(columns={it: "mAP (%)"}), "snapshot_it_table", width="stretch",
                    caption=f"mAP (%) per layer after {it} pretraining iterations")
 
@@ -68,6 +74,11 @@ def _compare_table(header: str, ids: list[str], table: str, key: str) -> None:
                    caption=f"{table} analogue: per-layer mAP (%) · {task.title}")
 
 
+if run:
+    st.info("Tables 1, 2 and 4 compare networks trained in different ways (from scratch, fine-tuned fully or in "
+            "fc6-fc7 only, fine-tuned after shorter pretraining): one run's checkpoints do not hold them. The "
+            "embedded demo has them: pick one of its models in the sidebar.")
+    st.stop()
 _compare_table("Scratch vs pretrained vs fine-tuned (Table 1)", groups["regimes"], "Table 1", "regimes")
 _compare_table("Fine-tuning all layers vs fc6-fc7 only (Table 2)", groups["ft_vs_fc"], "Table 2", "ftfc")
 

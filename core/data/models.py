@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data import series
 from core.data.layers import TokenLayout, closest_paths
 from core.data.registry import Registry
 from core.errors import InputError
@@ -432,9 +433,18 @@ def _torchvision_id(rest: str) -> LoadedModel:
 def get_model(model_id: str) -> LoadedModel:
     """Build the model a ``<kind>:<rest>`` id names, through :data:`MODEL_KINDS`.
 
-    Raises InputError naming the known kinds when the id has none of them.
+    An id whose weights are a checkpoint series (a folder or a glob, :mod:`core.data.series`) builds
+    the series' last checkpoint, with the series in its provenance. Raises InputError naming the
+    known kinds when the id has none of them.
     """
     kind, sep, rest = model_id.partition(":")
     if not sep:
         raise InputError(f"model id {model_id!r} has no kind; " + MODEL_KINDS.hint.replace("Use", "use", 1))
-    return MODEL_KINDS.get(kind)(rest)
+    builder = MODEL_KINDS.get(kind)
+    run = series.members(model_id)
+    if not run:
+        return builder(rest)
+    last = builder(run[-1][1].partition(":")[2])
+    spec = replace(last.spec, extra={**last.spec.extra, "series": rest.partition("@")[2],
+                                     "series_steps": [step for step, _ in run]})
+    return LoadedModel(spec, last.net)

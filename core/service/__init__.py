@@ -36,7 +36,8 @@ from core.service.analyses import (TABLE_CLASSIFIER, AblationRequest, FilterAPRe
                                    cluster_order, entropy_curve, filter_ap, filters_needed, filters_needed_table,
                                    grandmother_cells, layer_map, layer_map_table, overlap, pr_curves, selectivity,
                                    shared_filters, sparsity, svm_ranking, top_activations)
-from core.service.catalog import (MODEL_ALIASES, TaskSpec, build_demo, config_errors, configure_from_env,
+from core.service.catalog import (MODEL_ALIASES, TaskSpec, build_demo, checkpoint_series, config_errors,
+                                  configure_from_env,
                                   demo_is_built, demo_summary, demo_tasks, demo_variants, first_layer_weights,
                                   layer_choices, layer_shapes, layers_of, load_detection, load_model, load_set,
                                   model_info, model_label, model_layers, models, register_imagefolder,
@@ -62,6 +63,7 @@ __all__ = [
     "load_set", "load_detection", "model_info", "model_label", "layers_of", "layer_shapes", "model_layers", "layer_choices",
     "first_layer_weights",
     "demo_variants", "training_curves", "demo_summary", "demo_tasks", "demo_is_built", "build_demo",
+    "checkpoint_series",
     "register_model", "register_voc",
     "register_voc_detection", "register_sun397", "register_imagefolder", "configure_from_env", "config_errors",
     # stored features

@@ -19,7 +19,7 @@ import numpy as np
 
 from core import config
 from core.data.datasets import ImageSet, load_dataset
-from core.data import timm_models, user_models  # noqa: F401  (register the timm: and py: model kinds)
+from core.data import series, timm_models, user_models  # noqa: F401  (timm: and py: register themselves)
 from core.data.models import MODEL_KINDS, LoadedModel, get_model
 from core.demo import build as demo
 from core.demo import profiles as demo_profiles
@@ -162,6 +162,12 @@ def load_set(dataset_id: str) -> ImageSet:
     return load_dataset(dataset_id)
 
 
+def checkpoint_series(model_id: str) -> list[tuple[int, str]]:
+    """``(step, model id)`` of each checkpoint when ``model_id`` names a checkpoint series (a folder or a
+    glob of one run's checkpoints, ordered by the step number in their names); ``[]`` otherwise."""
+    return [] if model_id.startswith("demo:") else series.members(model_id)
+
+
 def model_info(model_id: str) -> dict:
     """What a model is: its id, architecture, input size and normalisation, layers and weights'
     provenance (source, path, SHA-256)."""
@@ -295,7 +301,9 @@ def register_model(model_id: str, title: str | None = None) -> str:
     model_id = model_id.strip()
     lm = load_model(model_id)
     w = lm.spec.weights
-    title = title or (f"{lm.spec.arch} · {w.source}" + (f" · {Path(w.path).name} ({w.short_hash})" if w.path else ""))
+    run = lm.spec.extra.get("series_steps")
+    title = title or (f"{lm.spec.arch} · {w.source}" + (f" · {Path(w.path).name} ({w.short_hash})" if w.path else "")
+                      + (f" · series of {len(run)} checkpoints, steps {run[0]}-{run[-1]}" if run else ""))
     with _LOCK:
         _MODELS[model_id] = title
     return model_id

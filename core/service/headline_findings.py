@@ -8,22 +8,27 @@ from core.hashing import code_version
 from core.errors import DataMissingError
 from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
-from core.service.catalog import _demo_built, demo_variants, layers_of, model_info, model_label, models, tasks
+from core.service.catalog import (_demo_built, checkpoint_series, demo_variants, layers_of, model_info, model_label,
+                                  models, tasks)
 
 #: what each demo network is to the fine-tuned one, for the rows a user's own model cannot measure yet
 _ROLE = {"demo:scratch": "a network of the same architecture trained from scratch on this task",
          "demo:fc-finetuned": "a version fine-tuned in its last two layers only"}
-_OWN_SNAPSHOTS = "needs checkpoints of the pretraining run, which only the embedded demo has so far"
+_OWN_SNAPSHOTS = ("needs checkpoints of the run: name them as a series in the model id "
+                  "(<kind>:<name>@<folder or glob of checkpoints>)")
 from core.service.paper_tables import snapshot_table
 
 
 def pretrained_counterpart(model_id: str, compare: str | None = None) -> str | None:
     """The pretrained network a model's findings compare it with: ``compare`` when given, the demo's
-    pretrained net for a demo network, else None (rows that need one then say so: never another
-    network trained on other data)."""
+    pretrained net for a demo network, the first checkpoint of a checkpoint series, else None (rows
+    that need one then say so: never another network trained on other data)."""
     if compare:
         return compare
-    return "demo:pretrained" if model_id.startswith("demo:") else None
+    if model_id.startswith("demo:"):
+        return "demo:pretrained"
+    run = checkpoint_series(model_id)
+    return run[0][1] if len(run) > 1 else None  # a run's first checkpoint: where it started
 
 
 def findings(finetuned: str = "demo:finetuned", pretrained: str | None = "demo:pretrained",
@@ -123,11 +128,14 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str | None = "demo:p
         return fnd.sparsity_falls({r["layer"]: r["mean"] for r in rows}, first, conv, last)
 
     def converge():
-        if not finetuned.startswith("demo:"):
+        if checkpoint_series(finetuned):  # the user's own run, measured on the task of the other rows
+            table = snapshot_table(task_id, [first, last], progress, series=finetuned)
+        elif not finetuned.startswith("demo:"):
             raise DataMissingError(_OWN_SNAPSHOTS)
-        if not variants.get("snapshots") or not cls_task or cls_task not in tasks():
+        elif not variants.get("snapshots") or not cls_task or cls_task not in tasks():
             raise DataMissingError("needs the demo's pretraining snapshots and its image-level task")
-        table = snapshot_table(cls_task, [first, last], progress)
+        else:
+            table = snapshot_table(cls_task, [first, last], progress)
         return fnd.lower_layers_converge_first(list(table.index), {l: list(table[l] / 100) for l in (first, last)},
                                                first, last)
 

@@ -14,25 +14,44 @@ from core.demo import build as demo
 from core.errors import DataMissingError, InputError
 from core.store.extraction import Progress
 from core.service.analyses import ablation, layer_map
-from core.service.catalog import TaskSpec, demo_variants, layers_of, task, tasks
+from core.service.catalog import TaskSpec, checkpoint_series, demo_variants, layers_of, task, tasks
 from core.service.detection_tasks import detection_map
 from core.service.scene_tasks import scene_accuracy
 
 
-def snapshot_table(task_id: str, layers: Sequence[str] | None = None, progress: Progress | None = None):
+def snapshot_table(task_id: str, layers: Sequence[str] | None = None, progress: Progress | None = None,
+                   series: str | None = None):
     """Table 3: per-layer mAP (%) of each pretraining snapshot, no fine-tuning.
 
-    DataFrame indexed by pretraining iteration, one column per layer.
+    The snapshots are the embedded demo's, or with ``series`` the checkpoints of that checkpoint-series
+    model id (:func:`checkpoint_series`), indexed by their step. DataFrame indexed by iteration, one
+    column per layer. ``progress`` counts the (snapshot, layer) pairs done and left.
     """
     import pandas as pd
 
-    snaps = demo_variants()["snapshots"]
-    if not snaps:
-        raise DataMissingError("no pretraining snapshots: they exist for the embedded demo only")
+    if series:
+        run = checkpoint_series(series)
+        if not run:
+            raise InputError(f"{series} is not a checkpoint series: name a folder or a glob of one run's "
+                             "checkpoints after the @ (e.g. timm:resnet50@runs/exp3/ckpt-*.pth)")
+        its, snaps, index = [s for s, _ in run], [m for _, m in run], "checkpoint step"
+    else:
+        snaps = demo_variants()["snapshots"]
+        if not snaps:
+            raise DataMissingError("no pretraining snapshots: they exist for the embedded demo only")
+        its, index = [int(m.rsplit("-", 1)[1]) for m in snaps], "pretraining iteration"
     layers = list(layers or layers_of(snaps[0]))
-    its = [int(m.rsplit("-", 1)[1]) for m in snaps]
-    rows = [[100 * layer_map(m, task_id, l, progress)["map"] for l in layers] for m in snaps]
-    return pd.DataFrame(rows, index=pd.Index(its, name="pretraining iteration"), columns=layers)
+    rows, total = [], len(snaps) * len(layers)
+    for i, (it, m) in enumerate(zip(its, snaps)):
+        row = []
+        for j, l in enumerate(layers):
+            if progress:
+                progress(i * len(layers) + j, total, f"snapshot {i + 1} of {len(snaps)} (step {it}): {l} mAP")
+            row.append(100 * layer_map(m, task_id, l, progress)["map"])
+        rows.append(row)
+    if progress:
+        progress(total, total, "snapshot table done")
+    return pd.DataFrame(rows, index=pd.Index(its, name=index), columns=layers)
 
 
 def finetune_from_table(task_id: str, layer: str = "fc7", progress: Progress | None = None):

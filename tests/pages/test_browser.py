@@ -108,3 +108,50 @@ def test_deep_links_as_first_session_of_a_fresh_server(demo_env, tmp_path):
                 for proc, _ in servers.values():
                     stop_server(proc)
         browser.close()
+
+
+def test_own_models_in_chromium(demo_env, tmp_path):
+    """Your own network in the real browser: a server started with FILTERSCOPE_MODELS (a py: model file and
+    a timm ViT) and FILTERSCOPE_IMAGEFOLDER; Selectivity at a ViT block and Probe at a py: module path render
+    a chart and no exception."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for c, channel in (("red", 0), ("blue", 2)):
+            (tmp_path / "pets" / split / c).mkdir(parents=True)
+            for i in range(5):
+                im = rng.integers(0, 110, (30, 30, 3), dtype=np.uint8)
+                im[..., channel] += 140
+                Image.fromarray(im).save(tmp_path / "pets" / split / c / f"{i}.png")
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3),"
+        " nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))\n    return net, {'input_size': 28}\n")
+    py_model = f"py:{tmp_path / 'mynet.py'}:build"
+    env = {"FILTERSCOPE_MODELS": f"{py_model},timm:test_vit", "FILTERSCOPE_IMAGEFOLDER": str(tmp_path / "pets")}
+    proc, url = launch_server(demo_env, tmp_path / "server.log", env=env)
+    try:
+        wait_until_healthy(url, proc, 120, (tmp_path / "server.log").read_text)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for path, model, layer in (("selectivity", "timm:test_vit", "blocks.1"), ("probe", py_model, "2")):
+                page.goto(f"{url}/{path}?model={model}&task=imagefolder-pets&layer={layer}",
+                          wait_until="domcontentloaded")
+                page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+                deadline = time.time() + 180
+                while time.time() < deadline and page.locator("[data-testid='stStatusWidget']").count():
+                    time.sleep(0.5)
+                assert page.locator("[data-testid='stException']").count() == 0, f"{path}: exception shown"
+                body = page.inner_text("body")
+                assert "ImageFolder" in body and (layer in body), f"{path}: not on the user's task and layer"
+                page.screenshot(path=str(tmp_path / f"own-{path}.png"))
+            browser.close()
+    finally:
+        stop_server(proc)

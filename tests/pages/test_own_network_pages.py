@@ -130,3 +130,77 @@ def test_findings_of_an_own_model_never_fall_back_to_the_demo_networks(own):
     assert rows["binarize_cheap"]["holds"] is not None  # measured on the user's own model and task
     with_pre = {r["id"]: r for r in service.findings(py_model, py_model, task)}
     assert with_pre["selectivity_depth"]["holds"] is not None  # a counterpart given: measured
+
+
+@pytest.fixture(scope="module")
+def run_series(own, tmp_path_factory):
+    """A checkpoint series of three files of the py: model, named so that name order is not step order."""
+    import torch
+
+    from core.data.models import get_model
+
+    (py_model, _), _task = own
+    folder = tmp_path_factory.mktemp("run")
+    for seed, step in ((0, 5), (1, 40), (2, 300)):
+        torch.manual_seed(seed)
+        net = get_model(py_model).net
+        for p in net.parameters():
+            p.data.normal_(0, 0.3)
+        torch.save(net.state_dict(), folder / f"ckpt-{step}.pth")
+    return folder
+
+
+def test_checkpoint_series_by_glob_or_folder(own, run_series):
+    import hashlib
+
+    from core.data.models import get_model
+
+    (py_model, _), task = own
+    glob_id, folder_id = f"{py_model}@{run_series}/ckpt-*.pth", f"{py_model}@{run_series}"
+    run = service.checkpoint_series(glob_id)
+    assert [s for s, _ in run] == [5, 40, 300] and run == service.checkpoint_series(folder_id)
+    assert run[1][1] == f"{py_model}@{run_series / 'ckpt-40.pth'}"
+    lm = get_model(glob_id)  # the series as a model: its last checkpoint
+    assert lm.spec.weights.sha256 == hashlib.sha256((run_series / "ckpt-300.pth").read_bytes()).hexdigest()
+    assert lm.spec.extra["series_steps"] == [5, 40, 300]
+    assert service.pretrained_counterpart(glob_id) == run[0][1]
+    table = service.snapshot_table(task, ["body.1", "body.3"], series=glob_id)
+    assert list(table.index) == [5, 40, 300] and table.index.name == "checkpoint step"
+    for step, member in run:  # each row is that checkpoint's own per-layer mAP
+        assert table.loc[step, "body.3"] == pytest.approx(100 * service.layer_map(member, task, "body.3")["map"])
+    assert service.checkpoint_series(py_model) == [] and service.checkpoint_series("demo:finetuned") == []
+
+
+def test_checkpoint_series_errors(own, tmp_path):
+    from core.data.models import get_model
+    from core.errors import InputError
+
+    (py_model, _), _task = own
+    with pytest.raises(InputError, match="names no weights file"):
+        get_model(f"{py_model}@{tmp_path}/ckpt-*.pth")
+    (tmp_path / "final.pth").write_bytes(b"x")
+    with pytest.raises(InputError, match="no step number in final.pth"):
+        get_model(f"{py_model}@{tmp_path}")
+    (tmp_path / "final.pth").unlink()
+    (tmp_path / "a-7.pth").write_bytes(b"x"), (tmp_path / "b-7.pth").write_bytes(b"x")
+    with pytest.raises(InputError, match="several files have step 7"):
+        get_model(f"{py_model}@{tmp_path}/*.pth")
+
+
+def test_training_page_on_a_checkpoint_series(own, run_series):
+    (py_model, _), task = own
+    series = service.register_model(f"{py_model}@{run_series}/ckpt-*.pth")
+    at = _page("pages/training.py", series, task, "body.3")
+    snap = next(d for d in at.dataframe if list(d.value.index) == [5, 40, 300])
+    assert list(snap.value.columns) == ["body.1", "body.3"]
+    assert any("one run's checkpoints do not hold them" in str(i.value) for i in at.info)
+    assert len(plotly_figures(at)) >= 2  # Table 3 curves and the first layer's filters (Fig. 2)
+
+
+def test_torchvision_model_at_a_nested_module(own):
+    """The third kind: a torchvision classifier at a module path that is not one of its defaults."""
+    _, task = own
+    model = service.register_model("tv:resnet18")
+    at = _page("pages/selectivity.py", model, task, "layer3.1")
+    assert plotly_figures(at)
+    assert next(s for s in at.sidebar.selectbox if s.label == "Layer").value == "layer3.1"
