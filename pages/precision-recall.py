@@ -27,12 +27,8 @@ with guard("the precision-recall curves"):
                            sel.layer)
     main = aps[sel.model]
     c, name = sel.cls, main.class_names[sel.cls]
-    curves = []
-    for m in sel.models:
-        for pr in service.pr_curves(m, sel.task, sel.layer, c, aps[m].top_filters(c, 5)):
-            # compare mode: one colour per model as the paper (red fine-tuned, blue pretrained); else per filter
-            group = service.model_label(m) if sel.compare else f"{service.model_label(m)} · top 5 filters"
-            curves.append({**pr, "label": f"#{pr['filter']}", "group": group})
+    curves = {service.model_label(m): service.pr_curves(m, sel.task, sel.layer, c, aps[m].top_filters(c, 5))
+              for m in sel.models}
     fn = computing(f"Per-class SVMs on all {sel.layer} filters…", service.filters_needed, sel.model, sel.task,
                    sel.layer)
     cols = st.columns(3)
@@ -41,7 +37,7 @@ with guard("the precision-recall curves"):
     cols[1].metric(f"SVM on all {main.ap.shape[1]} filters", f"{fn.ranking.full_ap[c]:.3f}",
                    help="Test AP of a linear SVM trained on all filters of the layer (Sec. 4.2)")
     cols[2].metric("Random filter", f"{main.prevalence[c]:.3f}", help="AP of a random score = class prevalence")
-    fig = figures.pr_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
+    fig = figures.pr_results_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
     figures.apply_style(fig, title=None, caption=f"Reproduces Fig. 3 · {sel.layer} · {task.title} (test split)",
                         stamp=main.provenance.stamp(), presentation=pres)
     show_figure(fig, "pr_curves", provenance=[aps[m].provenance for m in sel.models], theme=None)

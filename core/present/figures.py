@@ -692,6 +692,17 @@ def selectivity_results_figure(results: Mapping[tuple[str, str], Any], *, baseli
     return selectivity_figure(curves, baseline=band)
 
 
+def pr_results_figure(curves: Mapping[str, Sequence[dict]], *, random_precision: float, class_name: str,
+                      top: int = 5) -> go.Figure:
+    """Fig. 3 from :func:`core.service.pr_curves` results keyed by variant (each a list of one filter's
+    ``precision``, ``recall``, ``ap``, ``filter``): one colour per variant when there are several (the
+    paper's red fine-tuned, blue pretrained), else one per filter."""
+    several = len(curves) > 1
+    rows = [{**pr, "label": f"#{pr['filter']}", "group": variant if several else f"{variant} · top {top} filters"}
+            for variant, prs in curves.items() for pr in prs]
+    return pr_figure(rows, random_precision=random_precision, class_name=class_name)
+
+
 def sparsity_results_figure(results: Mapping[str, dict]) -> go.Figure:
     """Table 6 from :func:`core.service.sparsity` results keyed by variant."""
     return sparsity_figure([{**row, "variant": variant} for variant, r in results.items() for row in r["table"]])

@@ -164,14 +164,11 @@ def _pr_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None)
         raise InputError(f"class {c} does not exist: {req.task} has {len(main.class_names)} classes (0-"
                          f"{len(main.class_names) - 1})")
     name = main.class_names[c]
-    curves, rows = [], []
-    for m in req.models:
-        group = service.model_label(m) if req.compare else f"{service.model_label(m)} · top 5 filters"
-        for pr in service.pr_curves(m, req.task, req.layer, c, aps[m].top_filters(c, 5)):
-            curves.append({**pr, "label": f"#{pr['filter']}", "group": group})
-            rows.append({"model": service.model_label(m), "filter": pr["filter"], "AP": round(pr["ap"], 3)})
+    curves = {service.model_label(m): service.pr_curves(m, req.task, req.layer, c, aps[m].top_filters(c, 5))
+              for m in req.models}
+    rows = [{"model": v, "filter": pr["filter"], "AP": round(pr["ap"], 3)} for v, prs in curves.items() for pr in prs]
     rows.append({"model": "random filter", "filter": -1, "AP": round(float(main.prevalence[c]), 3)})
-    fig = figures.pr_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
+    fig = figures.pr_results_figure(curves, random_precision=float(main.prevalence[c]), class_name=name)
     return _item(req, "pr", fig, title=f"Single-filter precision-recall · {name}", ref="Fig. 3",
                  caption=_paper("Fig. 3", f"precision-recall of the 5 best {req.layer} filters for '{name}' "
                                 "vs. a random filter", t, "test split"),

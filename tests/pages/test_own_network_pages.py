@@ -83,11 +83,11 @@ def test_py_model_renders_every_analysis_page(own, page):
     assert layer_box.options[:2] == ["body.1", "body.3"]
 
 
-@pytest.mark.parametrize("page", ("pages/selectivity.py", "pages/overlap.py", "pages/ablations.py"))
+@pytest.mark.parametrize("page", PAGES)
 def test_vit_renders_at_a_block_and_sparsity_says_not_meaningful(own, page):
     (_, vit), task = own
     at = _page(page, vit, task, "blocks.1")
-    assert plotly_figures(at), page
+    assert plotly_figures(at) or page == "pages/overview.py", page
     if page == "pages/ablations.py":
         assert any("Not meaningful for blocks.0" in str(c.value) for c in at.caption)
 

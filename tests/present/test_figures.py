@@ -299,6 +299,18 @@ def test_figures_from_the_service_results(rng):
     no_band = SelectivityResult(base.aue, base.fraction, base.mean_aue, np.zeros((0, 16)), tuple(NAMES), None)
     assert not [t for t in F.selectivity_results_figure(sel, baseline=no_band).data if t.fill == "tonexty"]
 
+    r = np.linspace(0, 1, 6)
+    prs = {v: [{"filter": f, "precision": 1 - r / (f + 1), "recall": r, "ap": 0.5 + f / 100} for f in (3, 9)]
+           for v in ("fine-tuned", "pretrained")}
+    both = F.pr_results_figure(prs, random_precision=0.1, class_name="person")
+    one = F.pr_results_figure({"fine-tuned": prs["fine-tuned"]}, random_precision=0.1, class_name="person")
+    lines = [t for t in both.data if "#" in (t.name or "")]
+    assert len(lines) == 4 and {t.line.color for t in lines[:2]} == {"#D55E00"}  # compare: a colour per model
+    assert {t.line.color for t in lines[2:]} == {"#0072B2"}
+    np.testing.assert_array_equal(_y(lines[3]), prs["pretrained"][1]["precision"])
+    single = [t for t in one.data if "#" in (t.name or "")]
+    assert len(single) == 2 and single[0].line.color != single[1].line.color  # one model: a colour per filter
+
     sparsity = {v: {"table": [{"layer": l, "mean": 40.0 + i + 5 * j, "std": 1.0} for i, l in enumerate(LAYERS)]}
                 for j, v in enumerate(("pretrained", "fine-tuned"))}
     sparsity["fine-tuned"]["table"][-1].update(mean=float("nan"), std=float("nan"), meaningful=False)
