@@ -150,12 +150,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def _model_id(args: argparse.Namespace) -> str:
     """``--model`` (any model id; a bare torchvision name means tv:<name>) with ``--weights``."""
     from core import service
+    from core.errors import InputError
 
     if args.model == "demo" or args.model.startswith("demo:"):
         return service.resolve_model(args.model)
     if ":" in args.model:
         if getattr(args, "weights", None):
-            raise SystemExit("--weights goes with a bare torchvision name; put the weights in the id: "
+            raise InputError("--weights goes with a bare torchvision name; put the weights in the id: "
                              f"{args.model}@{args.weights}")
         return service.resolve_model(args.model)
     return f"tv:{args.model}" + (f"@{args.weights}" if getattr(args, "weights", None) else "")

@@ -45,6 +45,7 @@ VARIANT_DASH: dict[str, str] = {"pretrained": "dashdot", "fine-tuned": "solid"}
 GROUP_COLORS: dict[str, str] = {"fine-tuned": VERMILLION, "pretrained": BLUE, "random": BLACK}
 SEQUENTIAL, SEQUENTIAL_ALT = "Viridis", "Cividis"
 GREY = "#888888"
+TABLE_HEADER_PX = 40
 FONT_FAMILY = "Arial, Helvetica, sans-serif"
 FONT_SIZE = {False: 16, True: 22}
 LINE_SCALE = 1.8  # presentation multiplies line widths and marker sizes by this
@@ -52,10 +53,36 @@ PAPER = "Agrawal, Girshick & Malik, ECCV 2014"
 _MARKERS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down")
 
 
-def layer_color(layer: str, index: int = 0) -> str:
-    """The fixed colour of a layer (``conv1``..``fc7``, also ``conv-5``); others cycle."""
+#: Past the palette's 8 colours a series keeps cycling the colours and takes another dash, so no two
+#: series share both colour and dash: cycle c >= 1 of base dash ``d`` draws ``_ALT_DASH[d][c - 1]``
+#: (unique across bases; plotly's named dashes, then dash-length lists).
+_ALT_DASH: dict[str, tuple[str, ...]] = {
+    "solid": ("longdash", "8px,3px,2px,3px,2px,3px", "20px,4px"),
+    "dash": ("longdashdot", "12px,4px,4px,4px", "16px,6px,2px,6px"),
+    "dashdot": ("6px,2px,1px,2px,1px,2px", "14px,3px,3px,3px,3px,3px", "18px,3px,1px,3px"),
+    "dot": ("3px,6px", "1px,4px,8px,4px", "2px,2px,10px,2px"),
+}
+
+
+def series_dash(base: str, index: int) -> str:
+    """The dash of the ``index``-th series of one group drawn with ``base`` (solid, dash, dashdot, dot):
+    ``base`` for the first 8 (the palette's length), another dash for each further cycle of colours."""
+    cycle = index // len(COLORWAY)
+    if cycle == 0:
+        return base
+    alts = _ALT_DASH.get(base, _ALT_DASH["dot"])
+    return alts[(cycle - 1) % len(alts)]
+
+
+def _paper_layer(layer: str) -> str | None:
     key = str(layer).lower().replace("-", "").replace("_", "")
-    return LAYER_COLORS.get(key, COLORWAY[index % len(COLORWAY)])
+    return key if key in LAYER_COLORS else None
+
+
+def layer_color(layer: str, index: int = 0) -> str:
+    """The fixed colour of a layer (``conv1``..``fc7``, also ``conv-5``); others cycle by ``index``."""
+    key = _paper_layer(layer)
+    return LAYER_COLORS[key] if key else COLORWAY[index % len(COLORWAY)]
 
 
 def _meta(fig: go.Figure) -> dict:
@@ -208,12 +235,26 @@ def apply_style(fig: go.Figure, *, title: str | None, caption: str | None = None
     bottom = _footer(fig, meta["caption"], meta["stamp"], size)
     lines = 1 + (title_text or "").count("<br>")
     top = int(2.6 * size * lines)
-    plot_h = int(meta.get("base_height", 480) * (1.2 if presentation else 1.0))
+    plot_h = max(int(meta.get("base_height", 480) * (1.2 if presentation else 1.0)), legend_height(fig, size))
     fig.update_layout(font=dict(family=FONT_FAMILY, size=size, color="#222222"), title_text=title_text,
                       margin=dict(t=top, b=bottom, l=int(4.5 * size), r=int(1.5 * size)),
                       height=plot_h + top + bottom)
     fig.layout.meta = meta
     return fig
+
+
+def legend_height(fig: go.Figure, size: int) -> int:
+    """Pixels the figure's vertical legend needs at font ``size``: about 1.5 lines per entry and half a line
+    between legend groups (measured on plotly's static export). The plot area is made at least this tall,
+    so a long legend (24 series of Fig. 4 in compare mode) is never cut off at the slide's bottom edge."""
+    if fig.layout.showlegend is False or (fig.layout.legend.orientation or "v") == "h":
+        return 0
+    shown = [t for t in fig.data if t.type not in ("table", "heatmap", "image") and t.showlegend is not False
+             and t.name]
+    if len(shown) < 2 and fig.layout.showlegend is not True:
+        return 0
+    groups = len({t.legendgroup for t in shown if t.legendgroup})
+    return int(size * (1.5 * len(shown) + 0.5 * groups + 1))
 
 
 def _caption(reproduces: str, what: str) -> str:
@@ -243,7 +284,11 @@ def selectivity_figure(curves: Sequence[dict], *, baseline: dict | None = None) 
     fig = _new_figure("Fig. 1")
     if baseline is not None:
         fig.add_traces(_band(baseline))
+    layer_index = {l: i for i, l in enumerate(dict.fromkeys(c.get("layer", "") for c in curves))}
     for i, c in enumerate(curves):
+        layer = c.get("layer", "")
+        li = layer_index[layer]  # paper layers have their own colours; others cycle colours, then dashes
+        dash = series_dash(VARIANT_DASH.get(c.get("variant", ""), "dot"), 0 if _paper_layer(layer) else li)
         y = _arr(c["mean_aue"], "mean_aue", 1)
         x = _arr(c["fraction"], "fraction", 1)
         ids, aue = _selectivity_ids(c, len(y))
@@ -254,8 +299,7 @@ def selectivity_figure(curves: Sequence[dict], *, baseline: dict | None = None) 
             hover += "<br>k-th most selective: filter #%{customdata[1]:d} (AuE %{customdata[2]:.3f} bits)"
         fig.add_scatter(x=x, y=y, mode="lines", name=c.get("label", f"curve {i}"), customdata=custom,
                         hovertemplate=hover + "<extra></extra>", legendgroup=c.get("layer"),
-                        line=dict(color=layer_color(c.get("layer", ""), i), width=2.5,
-                                  dash=VARIANT_DASH.get(c.get("variant", ""), "dot")))
+                        line=dict(color=layer_color(layer, li), width=2.5, dash=dash))
     fig.update_xaxes(title_text="fraction of filters, most selective first (k / F)", range=[0, 1])
     fig.update_yaxes(title_text="mean AuE of the k most selective filters (bits)")
     return apply_style(fig, title="Class selectivity by layer (lower = more selective)",
@@ -540,7 +584,7 @@ def _needed_traces(fig: go.Figure, ks: np.ndarray, frac: np.ndarray, names: list
         hover += "<br>top filters: %{customdata}" if rank is not None else ""
         fig.add_scatter(x=ks, y=frac[c], mode="lines", legendgroup=names[c], customdata=tops,
                         name=f"{names[c]} · {label}" if label else names[c],
-                        line=dict(color=COLORWAY[j % len(COLORWAY)], width=2.5, dash=dash),
+                        line=dict(color=COLORWAY[j % len(COLORWAY)], width=2.5, dash=series_dash(dash, j)),
                         hovertemplate=hover + "<extra></extra>")
 
 
@@ -585,9 +629,10 @@ def overlap_figure(matrix: Any, class_names: Sequence[str], *, order: Any | None
                                   " filters)" + ("<br>filters %{customdata[1]}" if sets is not None else "") +
                                   "<extra></extra>")
     angle = -45 if max(map(len, names), default=0) * len(names) > 60 else 0
-    fig.update_xaxes(title_text="class j (clustered order)", tickangle=angle, showgrid=False, constrain="domain")
-    fig.update_yaxes(title_text="class i (clustered order)", autorange="reversed", scaleanchor="x",
-                     showgrid=False, constrain="domain")
+    # no square-cell constraint: it shrank the heatmap inside a wide slide and left its colour bar a third of
+    # the slide away; the cells take the plot area's aspect and the colour bar stays beside them
+    fig.update_xaxes(title_text="class j (clustered order)", tickangle=angle, showgrid=False)
+    fig.update_yaxes(title_text="class i (clustered order)", autorange="reversed", showgrid=False)
     return apply_style(fig, title=f"Top-{k} filter overlap between classes (chance {chance:.3f})",
                        caption=_caption("Fig. 5", f"Entry (i, j) = fraction of class i's top-{k} |SVM weight| "
                                                   f"filters shared with class j; chance = {chance:.3f}."))
@@ -726,7 +771,7 @@ def layer_map_figure(df: Any) -> go.Figure:
     layers = [str(l) for l in df.index]
     for i, col in enumerate(df.columns):
         fig.add_scatter(x=layers, y=df[col].to_numpy(float), mode="lines+markers", name=str(col),
-                        line=dict(color=COLORWAY[i % len(COLORWAY)], width=2.5),
+                        line=dict(color=COLORWAY[i % len(COLORWAY)], width=2.5, dash=series_dash("solid", i)),
                         marker=dict(size=9, symbol=_MARKERS[i % len(_MARKERS)]),
                         hovertemplate="%{fullData.name}<br>%{x}: mAP %{y:.1f}%<extra></extra>")
     fig.update_xaxes(title_text="layer", type="category")
@@ -747,11 +792,15 @@ def findings_figure(rows: Sequence[dict]) -> go.Figure:
     Figs. 1, 3-4 and Tables 1-7 as one checkable summary.
     """
     held = sum(r["holds"] is True for r in rows)
-    fig = _new_figure("Figs. 1, 4; Tables 1-7", base_height=120 + 62 * len(rows), grid=False)
     marks = [FINDING_MARKS[r["holds"]] for r in rows]
     cells = [[_wrap_html(r["title"], 34) for r in rows], [_wrap_html(r["paper"], 30) for r in rows],
              [_wrap_html(r["measured"], 38) for r in rows],
              [f"<b>{m[0]}</b>" + (f"<br>{_wrap_html(r['why'], 24)}" if r["why"] else "") for m, r in zip(marks, rows)]]
+    lines = [max(col[i].count("<br>") + 1 for col in cells) for i in range(len(rows))]
+    # every row as tall as its wrapped text (plotly grows a row to fit it; a table taller than its plot area
+    # is cut at the bottom in static export): 26 px a line and 10 a row at base size, x1.2 in presentation
+    fig = _new_figure("Figs. 1, 4; Tables 1-7", base_height=TABLE_HEADER_PX + sum(26 * n + 10 for n in lines),
+                      grid=False)
     fig.add_table(header=dict(values=["<b>finding</b>", "<b>paper</b>", "<b>this model</b>", "<b>verdict</b>"],
                               align="left", fill_color="#f2f2f2"),
                   cells=dict(values=cells, align="left", height=30,
@@ -777,7 +826,8 @@ def snapshot_figure(df: Any) -> go.Figure:
     fig = _new_figure("Table 3 / Fig. 2")
     for i, col in enumerate(df.columns):
         fig.add_scatter(x=iters, y=df[col].to_numpy(float), mode="lines+markers", name=str(col),
-                        line=dict(color=layer_color(str(col), i), width=2.5), marker=dict(size=9),
+                        line=dict(color=layer_color(str(col), i), width=2.5,
+                                  dash=series_dash("solid", 0 if _paper_layer(str(col)) else i)), marker=dict(size=9),
                         hovertemplate="%{fullData.name}<br>%{x:,d} iterations: mAP %{y:.1f}%<extra></extra>")
     log = bool(len(iters)) and bool(np.all(iters > 0))
     fig.update_xaxes(title_text="pretraining iterations" + (" (log scale)" if log else ""),
@@ -796,7 +846,7 @@ def training_curves_figure(curves: dict[str, dict[str, Sequence[float]]]) -> go.
     fig = _new_figure("the demo's training runs", base_height=360)
     for i, (name, c) in enumerate(curves.items()):
         fig.add_scatter(x=np.asarray(c["iteration"]), y=np.asarray(c["loss"], float), mode="lines", name=str(name),
-                        line=dict(color=COLORWAY[i % len(COLORWAY)], width=2),
+                        line=dict(color=COLORWAY[i % len(COLORWAY)], width=2, dash=series_dash("solid", i)),
                         hovertemplate="%{fullData.name}<br>iteration %{x:,d}: loss %{y:.3f}<extra></extra>")
     fig.update_xaxes(title_text="training iteration")
     fig.update_yaxes(title_text="training loss (cross-entropy)")
