@@ -242,10 +242,6 @@ class LoadedModel:
                              + f"default layers: {', '.join(self.spec.layers)}. `python -m core layers --model "
                              "ID` lists every path.") from exc
 
-    def path(self, layer: str) -> str:
-        """The full module path of ``layer`` (a display name of the defaults, or a path already)."""
-        return self.spec.layers.get(layer, layer)
-
 
 # --------------------------------------------------------------------------- weights
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -140,7 +140,7 @@ def _layers(net: nn.Module, prep: dict, path: Path) -> dict[str, str]:
     if layers is None:
         return default_layers(net)
     layers = dict(layers) if isinstance(layers, dict) else {str(p): str(p) for p in layers}
-    for shown, module_path in layers.items():
+    for module_path in layers.values():
         try:
             net.get_submodule(module_path)
         except AttributeError:
