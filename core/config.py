@@ -11,6 +11,7 @@ variable                       meaning
 =============================  ====================================================================
 ``FILTERSCOPE_CACHE``          cache folder (features, results, demo build); default ``<repo>/cache``
 ``FILTERSCOPE_CACHE_GB``       size limit of the result cache in GiB (default 8)
+``FILTERSCOPE_MEMORY_GB``      memory budget of an analysis in GiB (default 1): larger layers are streamed
 ``FILTERSCOPE_DEMO``           demo profile: ``full`` (default), ``tiny`` (tests) or ``fashion``
 ``FILTERSCOPE_SOURCE_WEIGHTS`` folder of the shipped source networks (default ``<repo>/weights/demo``)
 ``FILTERSCOPE_FASHION_MNIST``  Fashion-MNIST folder (default ``/usr/share/datasets/fashion-mnist``)
@@ -48,6 +49,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("FILTERSCOPE_CACHE", "", "cache folder; empty: <repo>/cache"),
     Setting("FILTERSCOPE_CACHE_GB", "8", "size limit of the result cache, GiB"),
+    Setting("FILTERSCOPE_MEMORY_GB", "1", "memory budget of an analysis, GiB: larger layers are streamed"),
     Setting("FILTERSCOPE_DEMO", "full", "demo profile: full, tiny or fashion"),
     Setting("FILTERSCOPE_SOURCE_WEIGHTS", "", "folder of the shipped source networks; empty: <repo>/weights/demo"),
     Setting("FILTERSCOPE_FASHION_MNIST", "", "Fashion-MNIST folder; empty: Debian's dataset-fashion-mnist"),
@@ -61,7 +63,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 )}
 
 #: The settings a Ray worker needs to find the same cache, demo and data as the driver.
-WORKER_SETTINGS = ("FILTERSCOPE_CACHE", "FILTERSCOPE_CACHE_GB", "FILTERSCOPE_DEMO", "FILTERSCOPE_SOURCE_WEIGHTS",
+WORKER_SETTINGS = ("FILTERSCOPE_CACHE", "FILTERSCOPE_CACHE_GB", "FILTERSCOPE_MEMORY_GB", "FILTERSCOPE_DEMO",
+                   "FILTERSCOPE_SOURCE_WEIGHTS",
                    "FILTERSCOPE_FASHION_MNIST")
 
 #: The settings that name the user's own models and data (``core.service.catalog`` registers them).
@@ -101,6 +104,20 @@ def cache_size_limit() -> int:
     except ValueError:
         raise InputError(f"FILTERSCOPE_CACHE_GB={value!r} is not a number of GiB; set it to e.g. 8, or unset it") \
             from None
+    return int(gib * 2**30)
+
+
+def memory_budget() -> int:
+    """Bytes an analysis may hold at once (``$FILTERSCOPE_MEMORY_GB`` GiB, 1 by default): a layer whose
+    working copy would exceed it is read in row blocks instead of whole (``core.service.analyses``)."""
+    value = get("FILTERSCOPE_MEMORY_GB")
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = -1.0
+    if not gib > 0 or gib != gib or gib == float("inf"):
+        raise InputError(f"FILTERSCOPE_MEMORY_GB={value!r} is not a positive number of GiB; set it to e.g. 1 "
+                         "(or 0.25 on a small machine), or unset it")
     return int(gib * 2**30)
 
 

@@ -62,6 +62,13 @@ def spatial_max(x: Any) -> np.ndarray:
     return as_numpy(_conv(x).amax(dim=(2, 3)))
 
 
+def shuffle_permutations(n: int, locations: int, seed: int) -> torch.Tensor:
+    """The ``[n, locations]`` spatial permutations :func:`spatial_shuffle` applies to ``n`` images:
+    image ``i`` gets the ``i``-th ``torch.randperm(locations)`` of a CPU generator seeded with ``seed``."""
+    g = cpu_generator(seed)
+    return torch.stack([torch.randperm(locations, generator=g) for _ in range(n)])
+
+
 def spatial_shuffle(x: Any, seed: int = 0) -> np.ndarray:
     """Randomly permute the spatial locations of each image ("sp-shuffle").
 
@@ -84,8 +91,7 @@ def spatial_shuffle(x: Any, seed: int = 0) -> np.ndarray:
     """
     t = _conv(x)
     n, c, h, w = t.shape
-    g = cpu_generator(seed)
-    perm = torch.stack([torch.randperm(h * w, generator=g) for _ in range(n)]).to(t.device)
+    perm = shuffle_permutations(n, h * w, seed).to(t.device)
     flat = t.reshape(n, c, h * w)
     out = torch.gather(flat, 2, perm[:, None, :].expand(n, c, h * w))
     return as_numpy(out.reshape(n, c, h, w))
@@ -121,17 +127,25 @@ def ablation_transforms(ndim: int) -> dict[str, Callable[[np.ndarray, int], np.n
             "sp-max": lambda x, s: spatial_max(x)}
 
 
+def resplit_indices(labels: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, test)`` of a stratified (single-label) or plain (multi-label) random split
+    of pooled data with ``n_test`` test rows, in the order scikit-learn's ``train_test_split`` draws."""
+    from sklearn.model_selection import train_test_split
+    y = np.asarray(labels)
+    idx = np.arange(len(y))
+    strat = y if y.ndim == 1 and np.unique(y, return_counts=True)[1].min() >= 2 else None
+    try:
+        tr, te = train_test_split(idx, test_size=n_test, random_state=seed, stratify=strat)
+    except ValueError:  # a class too small to stratify
+        tr, te = train_test_split(idx, test_size=n_test, random_state=seed)
+    return tr, te
+
+
 def _resplit(x: np.ndarray, y: np.ndarray, n_test: int, seed: int,
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stratified (single-label) or plain (multi-label) random split of pooled data."""
-    from sklearn.model_selection import train_test_split
-    strat = y if y.ndim == 1 and np.unique(y, return_counts=True)[1].min() >= 2 else None
-    try:
-        tr_x, te_x, tr_y, te_y = train_test_split(x, y, test_size=n_test, random_state=seed,
-                                                  stratify=strat)
-    except ValueError:  # a class too small to stratify
-        tr_x, te_x, tr_y, te_y = train_test_split(x, y, test_size=n_test, random_state=seed)
-    return tr_x, tr_y, te_x, te_y
+    tr, te = resplit_indices(y, n_test, seed)
+    return x[tr], y[tr], x[te], y[te]
 
 
 def bootstrap_map(test_scores: Any, test_labels: Any, num_classes: int | None = None, *,

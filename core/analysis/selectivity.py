@@ -323,6 +323,12 @@ def selectivity_curve(aue_values: Any) -> tuple[np.ndarray, np.ndarray]:
     return as_numpy(k / a.numel()), as_numpy(mean)
 
 
+def label_permutation(n: int, seed: int) -> torch.Tensor:
+    """The permutation of ``n`` labels that seed ``seed`` draws for the shuffled-label baseline
+    (``torch.randperm`` with a CPU generator; the same on every device and for sharded data)."""
+    return torch.randperm(int(n), generator=cpu_generator(seed))
+
+
 def shuffled_label_aue(responses: Any, labels: Any, num_classes: int,
                        seeds: Sequence[int] = (0, 1, 2), num_thresholds: int = 100) -> np.ndarray:
     """AuE after randomly permuting the image labels: what chance selectivity looks like.
@@ -345,9 +351,9 @@ def shuffled_label_aue(responses: Any, labels: Any, num_classes: int,
     lab = int_labels(labels, r.shape[0], num_classes, r.device)
     rows = []
     for s in seeds:
-        perm = torch.randperm(lab.numel(), generator=cpu_generator(s)).to(lab.device)
+        perm = label_permutation(lab.numel(), s).to(lab.device)
         rows.append(aue(r, lab[perm], num_classes, num_thresholds))
     return np.stack(rows) if rows else np.zeros((0, r.shape[1]))
 
 
-__all__ = ["entropy_curves", "aue", "selectivity_curve", "shuffled_label_aue"]
+__all__ = ["entropy_curves", "aue", "selectivity_curve", "shuffled_label_aue", "label_permutation"]

@@ -26,16 +26,18 @@ import torch
 from core.analysis._common import (DEFAULT_CHUNK_ELEMENTS, cpu_generator, int_labels,
                                    plan_chunks, positives_matrix)
 from core.analysis.precision_recall import _NO_POSITIVES
-from core.analysis.selectivity import _entropy, _thresholds, _trapezoid
+from core.analysis.selectivity import _entropy, _thresholds, _trapezoid, label_permutation
 from core.errors import InputError
 
 
 class StoredShard(NamedTuple):
     """A shard on disk: its ``.npy`` file and the byte order of its maps (``NCHW``, or ``NHWC``
-    for a channels-last store, read as the logical ``[n, C, H, W]`` view)."""
+    for a channels-last store, read as the logical ``[n, C, H, W]`` view); ``rows`` is a
+    ``(start, stop)`` range of the file's rows to read (all of them when None)."""
 
     path: str
     layout: str = "NCHW"
+    rows: tuple[int, int] | None = None
 
 
 #: A shard as the per-shard functions receive it: a stored shard or ``.npy`` path
@@ -62,10 +64,10 @@ def shard_specs(shards: Any) -> list[tuple[int, ShardData]]:
     else:
         specs, start = [], 0
         for item in shards:
-            if isinstance(item, tuple):
+            if isinstance(item, tuple) and not isinstance(item, StoredShard):
                 start, item = int(item[0]), item[1]
             specs.append((start, item))
-            start += len(item)
+            start += _stored_rows(item)[0] if isinstance(item, StoredShard) else len(item)
     if not specs:
         raise InputError("no shards given; pass a stored layer or a list of row blocks")
     return specs
@@ -77,8 +79,49 @@ def load_shard(data: ShardData) -> np.ndarray:
         data = StoredShard(data)
     if isinstance(data, StoredShard):
         rows = np.load(data.path, mmap_mode="r")
+        if data.rows is not None:
+            rows = rows[data.rows[0]:data.rows[1]]
         return rows.transpose(0, 3, 1, 2) if data.layout == "NHWC" else rows
     return np.asarray(data)
+
+
+def _stored_rows(data: StoredShard) -> tuple[int, int]:
+    """Rows in a stored shard's file and the bytes of one row (read from the ``.npy`` header only)."""
+    arr = np.load(data.path, mmap_mode="r")
+    lo, hi = data.rows if data.rows is not None else (0, len(arr))
+    return hi - lo, int(arr[:1].nbytes)
+
+
+def row_blocks(shards: Any, max_bytes: int) -> list[tuple[int, ShardData]]:
+    """``shards`` (as :func:`shard_specs` takes them) cut into consecutive row blocks of at most
+    ``max_bytes`` each (at least one row per block), for reducers that must not hold a layer at once.
+
+    Stored shards become :class:`StoredShard` row ranges (nothing is read but the headers); arrays
+    become views. Every reducer of this module accepts the result in place of ``shards``: a block is
+    memory-mapped when the reducer reaches it and unmapped after, so a pass over a stored layer keeps
+    about one block resident.
+
+    Reproduces: nothing in the paper; lets every reducer here run at the paper's scale in bounded memory.
+    """
+    if max_bytes < 1:
+        raise InputError(f"max_bytes must be >= 1, got {max_bytes}")
+    out: list[tuple[int, ShardData]] = []
+    for start, data in shard_specs(shards):
+        if isinstance(data, str):
+            data = StoredShard(data)
+        if isinstance(data, StoredShard):
+            n, row_bytes = _stored_rows(data)
+            first = data.rows[0] if data.rows is not None else 0
+        else:
+            data = np.asarray(data)
+            n, row_bytes = len(data), int(data[:1].nbytes)
+        step = max(1, int(max_bytes) // max(1, row_bytes))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            part = (data._replace(rows=(first + lo, first + hi)) if isinstance(data, StoredShard)
+                    else data[lo:hi])
+            out.append((start + lo, part))
+    return out
 
 
 def _check_tiling(starts: Sequence[int], lengths: Sequence[int]) -> int:
@@ -168,6 +211,15 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
     -------
     numpy.ndarray, float64, ``[F, T]``
     """
+    specs, lab, thr = _shard_thresholds(shards, labels, num_classes, num_thresholds, map_shards)
+    counts = map_shards(_shard_counts, specs, lab, int(num_classes), thr)
+    return _entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()
+
+
+def _shard_thresholds(shards: Any, labels: Any, num_classes: int, num_thresholds: int,
+                      map_shards: MapShards) -> tuple[list, np.ndarray, np.ndarray]:
+    """Pass 1 of :func:`entropy_curves_sharded`: the shards, validated labels ``[N]`` and the
+    thresholds ``[F, T]`` from every filter's global minimum and maximum."""
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 2:
         raise InputError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
     specs = shard_specs(shards)
@@ -176,9 +228,7 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
     lab = int_labels(labels, n, num_classes, torch.device("cpu")).numpy()
     lo = np.min(np.stack([e[2] for e in ext]), axis=0)
     hi = np.max(np.stack([e[3] for e in ext]), axis=0)
-    thr = _thresholds(torch.from_numpy(lo), torch.from_numpy(hi), int(num_thresholds)).numpy()
-    counts = map_shards(_shard_counts, specs, lab, int(num_classes), thr)
-    return _entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()
+    return specs, lab, _thresholds(torch.from_numpy(lo), torch.from_numpy(hi), int(num_thresholds)).numpy()
 
 
 def aue_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int = 100, *,
@@ -189,6 +239,23 @@ def aue_sharded(shards: Any, labels: Any, num_classes: int, num_thresholds: int 
     """
     return _trapezoid(entropy_curves_sharded(shards, labels, num_classes, num_thresholds,
                                              map_shards=map_shards))
+
+
+def shuffled_label_aue_sharded(shards: Any, labels: Any, num_classes: int, seeds: Sequence[int] = (0, 1, 2),
+                               num_thresholds: int = 100, *, map_shards: MapShards = map_local) -> np.ndarray:
+    """AuE ``[len(seeds), F]`` after permuting the labels; equal to :func:`shuffled_label_aue` on the whole.
+
+    Reproduces: the chance baseline of Appendix / Fig. 1, as
+    :func:`core.analysis.selectivity.shuffled_label_aue` (the same permutation per seed). The
+    thresholds depend on the responses only, so pass 1 runs once; pass 2 once per seed.
+    """
+    specs, lab, thr = _shard_thresholds(shards, labels, num_classes, num_thresholds, map_shards)
+    rows = []
+    for s in seeds:
+        perm = label_permutation(len(lab), s).numpy()
+        counts = map_shards(_shard_counts, specs, lab[perm], int(num_classes), thr)
+        rows.append(_trapezoid(_entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()))
+    return np.stack(rows) if rows else np.zeros((0, thr.shape[0]))
 
 
 # --------------------------------------------------------------------------- average precision
@@ -283,6 +350,14 @@ def class_filter_ap_sharded(shards: Any, labels: Any, num_classes: int | None = 
 
 
 # --------------------------------------------------------------------------- sparsity
+def sparsity_meaningful_sharded(shards: Any, *, map_shards: MapShards = map_local) -> bool:
+    """True when no response is negative; equal to :func:`sparsity_meaningful` on the whole.
+
+    Reproduces: the premise of Table 6, as :func:`core.analysis.sparsity.sparsity_meaningful`.
+    """
+    return bool(min(float(e[2].min()) for e in map_shards(_shard_minmax, shard_specs(shards))) >= 0)
+
+
 def _shard_fraction(start: int, x: np.ndarray) -> tuple[int, np.ndarray]:
     """``(start, non-zero fraction per item [n])``, as :func:`nonzero_fraction`."""
     if x.ndim < 2 or len(x) == 0 or x[0].size == 0:
@@ -389,6 +464,6 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
     return np.concatenate(parts)
 
 
-__all__ = ["entropy_curves_sharded", "aue_sharded",
-           "class_filter_ap_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
+__all__ = ["row_blocks", "entropy_curves_sharded", "aue_sharded", "shuffled_label_aue_sharded",
+           "class_filter_ap_sharded", "sparsity_meaningful_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
            "class_nonzero_fraction_sharded", "ablation_features_sharded"]

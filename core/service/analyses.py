@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 
 from core import analysis
+from core.analysis.sharded import load_shard
+from core.config import memory_budget
 from core.data.datasets import ImageSet
 from core.errors import InputError
-from core.store.extraction import Progress
+from core.store.extraction import LayerFeatures, Progress
 from core.service.catalog import layers_of, load_set, model_label, task
 from core.service.feature_store import features, pooled
 from core.service.provenance import Provenance, _cached, _prov
@@ -26,6 +28,47 @@ from core.service.provenance import Provenance, _cached, _prov
 #: hinge-loss LinearSVC on flattened conv maps (8k-60k dims) is 100x slower. Deviation
 #: from the paper's hinge-loss SVMs; Fig. 4 / Table 5 keep LinearSVC as the paper.
 TABLE_CLASSIFIER = analysis.SVMConfig(method="lssvm")
+
+
+# ---- bounded memory: a layer is held whole only when its working copies fit the budget
+def _fits(*feats: LayerFeatures) -> bool:
+    """True when the layers' in-memory working copies (about three float32 copies of every value:
+    the read, the converted and the standardised one) fit ``FILTERSCOPE_MEMORY_GB`` together."""
+    return sum(int(np.prod(f.shape)) for f in feats) * 12 <= memory_budget()
+
+
+def _blocks(f: LayerFeatures) -> list:
+    """The layer's row blocks for the streaming reducers: about a 32nd of the budget of stored float16
+    each, so that a block's float64 working copies stay well inside it."""
+    return analysis.row_blocks(f, max(1, memory_budget() // 32))
+
+
+def _rows_source(f: LayerFeatures) -> analysis.RowSource:
+    """The layer as a restartable stream of row blocks (:data:`core.analysis.RowSource`)."""
+    blocks = _blocks(f)
+    return lambda: (load_shard(d) for _, d in blocks)
+
+
+def _streaming_plan(ftr: LayerFeatures, fte: LayerFeatures) -> tuple[bool, int | None]:
+    """``(whole, sketch)`` for a classifier on a train/test layer pair: held whole when both fit the
+    budget, else streamed; ``sketch`` is the column count a streamed layer wider than the budget's
+    ``D x D`` products allows is count-sketched to (:func:`core.analysis.sketch_dim`), else None."""
+    if _fits(ftr, fte):
+        return True, None
+    k = analysis.sketch_dim(memory_budget())
+    return False, (k if int(np.prod(ftr.shape[1:])) > k else None)
+
+
+def _sketch_key(sketch: int | None) -> list[str]:
+    """Part of a classifier result's cache key: a sketched result of another budget is not reused."""
+    return [] if sketch is None else [f"count sketch {sketch}"]
+
+
+def _column(f: LayerFeatures, filt: int) -> np.ndarray:
+    """One filter's responses ``[N, ...]`` float64, read block by block (never the whole layer)."""
+    if not 0 <= filt < f.shape[1]:
+        raise InputError(f"filter {filt} does not exist: the layer has filters 0..{f.shape[1] - 1}")
+    return np.concatenate([np.asarray(load_shard(d)[:, filt], dtype=np.float64) for _, d in _blocks(f)])
 
 
 @dataclass(frozen=True)
@@ -67,11 +110,17 @@ def selectivity(model_id: str, task_id: str, layer: str, num_thresholds: int = 1
     def compute() -> SelectivityResult:
         data = load_set(t.test)
         labels = _single_labels(data)
-        arr = f.array()
-        a = analysis.aue(arr, labels, data.num_classes, num_thresholds)
+        if _fits(f):
+            arr = f.array()
+            a = analysis.aue(arr, labels, data.num_classes, num_thresholds)
+            base = analysis.shuffled_label_aue(arr, labels, data.num_classes, seeds=range(shuffles),
+                                               num_thresholds=num_thresholds)
+        else:
+            blocks = _blocks(f)
+            a = analysis.aue_sharded(blocks, labels, data.num_classes, num_thresholds)
+            base = analysis.shuffled_label_aue_sharded(blocks, labels, data.num_classes, range(shuffles),
+                                                       num_thresholds)
         frac, mean = analysis.selectivity_curve(a)
-        base = analysis.shuffled_label_aue(arr, labels, data.num_classes, seeds=range(shuffles),
-                                           num_thresholds=num_thresholds)
         base_curves = np.stack([analysis.selectivity_curve(b)[1] for b in base]) if len(base) else base
         return SelectivityResult(a, frac, mean, base_curves, data.class_names,
                                  _prov(model_id, t.test, layer, {"thresholds": num_thresholds}))
@@ -83,7 +132,7 @@ def entropy_curve(model_id: str, task_id: str, layer: str, filt: int, num_thresh
     """One filter's entropy curve, thresholds and class histograms (cheap: one filter)."""
     t = task(task_id)
     data = load_set(t.test)
-    arr = np.asarray(features(model_id, t.test, layer).array()[:, filt], dtype=np.float64)
+    arr = _column(features(model_id, t.test, layer), int(filt))
     labels = _single_labels(data)
     curve = analysis.entropy_curves(arr[:, None], labels, data.num_classes, num_thresholds)[0]
     samples = arr.reshape(len(arr), -1)
@@ -151,8 +200,8 @@ def pr_curves(model_id: str, task_id: str, layer: str, cls: int, filters: Sequen
 def top_activations(model_id: str, task_id: str, layer: str, filt: int, n: int = 8) -> dict:
     """Indices of the test items that excite ``filt`` most, with their max response and spatial maps."""
     t = task(task_id)
-    arr = features(model_id, t.test, layer).array()
-    col = np.asarray(arr[:, filt], dtype=np.float32)
+    f = features(model_id, t.test, layer)
+    col = _column(f, int(filt)).astype(np.float32)
     score = col.reshape(len(col), -1).max(1)
     idx = np.argsort(-score, kind="stable")[:n]
     return {"indices": idx, "scores": score[idx], "maps": col[idx] if col.ndim == 3 else None}
@@ -267,11 +316,13 @@ def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
         data = load_set(t.test)
         rows, per_class = [], {}
         for l, f in feats.items():
-            x = f.array()
-            if analysis.sparsity_meaningful(x):
-                s = analysis.sparsity_summary(x)
+            whole = _fits(f)
+            x = f.array() if whole else _blocks(f)
+            if analysis.sparsity_meaningful(x) if whole else analysis.sparsity_meaningful_sharded(x):
+                s = analysis.sparsity_summary(x) if whole else analysis.sparsity_summary_sharded(x)
                 rows.append({"layer": l, "mean": 100 * s["mean"], "std": 100 * s["std"], "meaningful": True})
-                per_class[l] = 100 * analysis.class_nonzero_fraction(x, data.labels, data.num_classes)
+                per_class[l] = 100 * (analysis.class_nonzero_fraction(x, data.labels, data.num_classes) if whole
+                                      else analysis.class_nonzero_fraction_sharded(x, data.labels, data.num_classes))
             else:
                 rows.append({"layer": l, "mean": float("nan"), "std": float("nan"), "meaningful": False})
                 per_class[l] = np.full(data.num_classes, np.nan)
@@ -301,17 +352,24 @@ def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0,
              progress: Progress | None = None) -> dict:
     """Tables 7/8: linear-classifier mAP on original / binarize / sp-shuffle / sp-max features."""
     t, ftr, fte = _split_features(model_id, task_id, layer, progress)
+    whole, sketch = _streaming_plan(ftr, fte)
 
     def compute() -> dict:
         tr, te = load_set(t.train), load_set(t.test)
-        res = analysis.ablation_study(np.asarray(ftr.array(), np.float32), tr.labels,
-                                      np.asarray(fte.array(), np.float32), te.labels,
-                                      num_classes=tr.num_classes, seeds=tuple(seeds), config=TABLE_CLASSIFIER)
+        if whole:
+            res = analysis.ablation_study(np.asarray(ftr.array(), np.float32), tr.labels,
+                                          np.asarray(fte.array(), np.float32), te.labels,
+                                          num_classes=tr.num_classes, seeds=tuple(seeds), config=TABLE_CLASSIFIER)
+        else:
+            res = analysis.ablation_study_streamed(_rows_source(ftr), tr.labels, _rows_source(fte), te.labels,
+                                                   num_classes=tr.num_classes, seeds=tuple(seeds),
+                                                   config=TABLE_CLASSIFIER, max_dim=sketch)
+        params = {"seeds": list(seeds), **({"count sketch": sketch} if sketch else {})}
         return {"summary": list(res.summary), "runs": [{k: v for k, v in r.items() if k != "ap"} for r in res.runs],
-                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"seeds": list(seeds)})}
+                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, params)}
 
-    return _cached(AblationRequest(model_id, task_id, layer, tuple(seeds)), [ftr.fingerprint, fte.fingerprint],
-                   compute, progress)
+    return _cached(AblationRequest(model_id, task_id, layer, tuple(seeds)),
+                   [ftr.fingerprint, fte.fingerprint, *_sketch_key(sketch)], compute, progress)
 
 
 # ---- per-layer linear mAP (Tables 1-4, Fig. 2)
@@ -326,16 +384,23 @@ class LayerMapRequest:
 def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> dict:
     """mAP (fraction) of per-class linear SVMs on one layer's features, train -> test split."""
     t, ftr, fte = _split_features(model_id, task_id, layer, progress)
+    whole, sketch = _streaming_plan(ftr, fte)
+    width = int(np.prod(ftr.shape[1:]))
 
     def compute() -> dict:
         tr, te = load_set(t.train), load_set(t.test)
-        res = analysis.linear_map(np.asarray(ftr.array(), np.float32), tr.labels,
-                                  np.asarray(fte.array(), np.float32), te.labels, num_classes=tr.num_classes,
-                                  config=TABLE_CLASSIFIER)
-        return {"map": res.map, "ap": res.ap, "class_names": tr.class_names}
+        if whole:
+            res = analysis.linear_map(np.asarray(ftr.array(), np.float32), tr.labels,
+                                      np.asarray(fte.array(), np.float32), te.labels, num_classes=tr.num_classes,
+                                      config=TABLE_CLASSIFIER)
+        else:
+            res = analysis.linear_map_streamed(_rows_source(ftr), tr.labels, _rows_source(fte), te.labels,
+                                               num_classes=tr.num_classes, config=TABLE_CLASSIFIER, max_dim=sketch)
+        return {"map": res.map, "ap": res.ap, "class_names": tr.class_names,
+                "columns": width if sketch is None else f"{width} count-sketched to {sketch}"}
 
-    return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint], compute,
-                   progress)
+    return _cached(LayerMapRequest(model_id, task_id, layer), [ftr.fingerprint, fte.fingerprint, *_sketch_key(sketch)],
+                   compute, progress)
 
 
 def grandmother_cells(model_id: str, task_id: str, layer: str, ratio: float = 0.8) -> pd.DataFrame:

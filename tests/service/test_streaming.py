@@ -1,0 +1,86 @@
+"""Every per-layer analysis of the service under a tiny memory budget (FILTERSCOPE_MEMORY_GB forcing
+many row blocks and no whole-layer copy) against the same analysis held in memory (#30)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import analysis
+from core.service import analyses
+from core.store.extraction import LayerFeatures
+
+FT, TASK = "demo:finetuned", "demo-detgt"
+# budgets far below the layers' working copies (12 bytes a value): conv2 (228 x 64 x 8 x 8 on the test
+# split) in blocks of 16 rows, conv5 (331 x 64 x 4 x 4 on the train split) in blocks of 16 rows, fc7
+# (228 x 256) in blocks of 4 rows
+BUDGET = {"conv2": 4 * 2**20, "conv5": 2**20, "fc7": 64 * 2**10}
+
+
+@pytest.fixture
+def uncached(monkeypatch):
+    """Compute every request afresh (in memory first, then streamed, on the same stored features)."""
+    monkeypatch.setattr(analyses, "_cached", lambda request, fingerprints, compute, progress=None: compute())
+
+
+def _streamed(monkeypatch, fn, *args, **kw):
+    """``fn(*args)`` under a tiny budget (``BUDGET`` of the layer in ``args``, else the smallest),
+    with every whole-layer read refused."""
+    def refuse(self):
+        raise AssertionError(f"{self.path.name}: a whole-layer read under a tiny budget")
+    budget = next((BUDGET[a] for a in args if a in BUDGET), min(BUDGET.values()))
+    with monkeypatch.context() as m:
+        m.setenv("FILTERSCOPE_MEMORY_GB", str(budget / 2**30))
+        m.setattr(LayerFeatures, "array", refuse)
+        m.setattr(analysis, "sketch_dim", lambda budget: 10**9)   # exact classifiers, to compare
+        return fn(*args, **kw)
+
+
+@pytest.mark.usefixtures("demo_env", "uncached")
+def test_streamed_analyses_equal_in_memory(monkeypatch):
+    for layer in ("conv2", "fc7"):
+        ref, got = analyses.selectivity(FT, TASK, layer), _streamed(monkeypatch, analyses.selectivity, FT, TASK, layer)
+        np.testing.assert_array_equal(got.aue, ref.aue)
+        np.testing.assert_array_equal(got.baseline_mean_aue, ref.baseline_mean_aue)
+        for fn, args in ((analyses.entropy_curve, (FT, TASK, layer, 3)),
+                         (analyses.top_activations, (FT, TASK, layer, 5))):
+            ref, got = fn(*args), _streamed(monkeypatch, fn, *args)
+            for k, v in ref.items():
+                if isinstance(v, np.ndarray):
+                    np.testing.assert_allclose(got[k], v, rtol=1e-6, err_msg=f"{fn.__name__} {k}")
+    # the classifiers on a conv layer wider than its training set: held in memory in the dual form,
+    # streamed in the primal (fc layers: tests/analysis/test_streamed_svm.py)
+    ref, got = analyses.layer_map(FT, TASK, "conv5"), _streamed(monkeypatch, analyses.layer_map, FT, TASK, "conv5")
+    np.testing.assert_allclose(got["ap"], ref["ap"], atol=1e-6)
+    ref = analyses.ablation(FT, TASK, "conv5", seeds=(0,))
+    got = _streamed(monkeypatch, analyses.ablation, FT, TASK, "conv5", seeds=(0,))
+    assert [a["ablation"] for a in got["runs"]] == ["original", "binarize", "sp-shuffle", "sp-max"]
+    for a, b in zip(got["runs"], ref["runs"]):
+        assert (a["ablation"], a["map"]) == (b["ablation"], pytest.approx(b["map"], abs=1e-6))
+    ref, got = analyses.sparsity(FT, TASK), _streamed(monkeypatch, analyses.sparsity, FT, TASK)
+    for a, b in zip(got["table"], ref["table"]):
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-9) and a["std"] == pytest.approx(b["std"], abs=1e-9)
+
+
+@pytest.mark.usefixtures("demo_env", "uncached")
+def test_a_layer_wider_than_the_budget_is_sketched_and_says_so(monkeypatch):
+    monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", str(BUDGET["fc7"] / 2**30))
+    res = analyses.layer_map(FT, TASK, "conv5")
+    k = analysis.sketch_dim(BUDGET["fc7"])
+    assert res["columns"].endswith(f"count-sketched to {k}")
+    assert 0 <= res["map"] <= 1
+    ab = analyses.ablation(FT, TASK, "fc7", seeds=(0,))
+    assert ab["provenance"].params["count sketch"] == k
+
+
+def test_memory_budget_setting(monkeypatch):
+    from core.config import memory_budget
+    from core.errors import InputError
+
+    monkeypatch.delenv("FILTERSCOPE_MEMORY_GB", raising=False)
+    assert memory_budget() == 2**30
+    monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", "0.5")
+    assert memory_budget() == 2**29
+    for bad in ("lots", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", bad)
+        with pytest.raises(InputError, match="FILTERSCOPE_MEMORY_GB"):
+            memory_budget()
