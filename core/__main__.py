@@ -204,13 +204,41 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from core import bench
+    from core.errors import InputError
 
+    if args.paper_scale:
+        return _paper_scale(args)
+    given = [f for f, v in (("--fraction", args.fraction), ("--weights", args.weights), ("--root", args.root)) if v]
+    if given:
+        raise InputError(f"{', '.join(given)}: only with --paper-scale (python -m core bench --paper-scale "
+                         "[--fraction F] [--weights FILE] [--json PATH] [--root DIR])")
     result = bench.run(quick=args.quick)
     print(bench.format_table(result))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _paper_scale(args: argparse.Namespace) -> int:
+    """``python -m core bench --paper-scale``: the analyses on a VOC 2007-sized tree, stage by stage."""
+    from pathlib import Path
+
+    from core.bench import paper_scale
+    from core.errors import InputError
+
+    if args.quick:
+        raise InputError("--quick and --paper-scale are two different benchmarks; give one of them")
+    fraction = paper_scale.check_fraction(1.0 if args.fraction is None else args.fraction)
+    out = Path(args.json) if args.json else paper_scale.DEFAULT_JSON
+    result = paper_scale.run(fraction, weights=args.weights, root=args.root,
+                             say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(paper_scale.format_paper_table(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {out}")
     return 0
 
 
@@ -298,9 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="prune: list what would be removed, remove nothing")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("bench", help="speed/memory benchmark, side by side")
-    p.add_argument("--json", default=None)
+    p = sub.add_parser("bench", help="speed/memory benchmark, side by side; --paper-scale: the analyses at VOC size")
+    p.add_argument("--json", default=None, help="write the result as JSON (--paper-scale: default "
+                                                 "bench/paper_scale.json)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--paper-scale", action="store_true",
+                   help="every analysis of every AlexNet layer on a synthetic PASCAL VOC 2007-sized tree, each stage "
+                        "in its own process: wall time and peak RSS per stage")
+    p.add_argument("--fraction", default=None, help="--paper-scale: fraction of VOC 2007's size in (0, 1] "
+                                                     "(default 1: 5,011 trainval + 4,952 test images)")
+    p.add_argument("--weights", default=None, help="--paper-scale: AlexNet state dict (default: seeded random init)")
+    p.add_argument("--root", default=None, help="--paper-scale: folder of the generated tree "
+                                                 "(default <cache>/paper_scale; reused when it matches)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="write the standard figures as an HTML report, slides, PDF and tables")

@@ -29,6 +29,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,26 @@ def _open_rgb(path: str) -> Image.Image:
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read image {path}: {exc}. Replace or delete the damaged file.") from exc
+
+
+_DECODED = threading.local()
+
+
+def _open_rgb_once(path: str) -> Image.Image:
+    """:func:`_open_rgb`, remembering this thread's last image: the boxes of one image follow each
+    other in a box set, so each image is decoded once for all its boxes (the decoded image is only
+    read from: PIL's ``transform`` makes a new image). A file changed since is decoded again."""
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    last = getattr(_DECODED, "last", None)
+    if key is not None and last is not None and last[0] == key:
+        return last[1]
+    img = _open_rgb(path)
+    _DECODED.last = (key, img) if key is not None else None
+    return img
 
 
 class FileImageSet(ImageSet):
@@ -384,7 +405,7 @@ class VOCBoxSet(FileImageSet):
     fill: tuple[int, int, int] = RCNN_FILL
 
     def image(self, i: int) -> Image.Image:
-        return warp_box(_open_rgb(self.paths[i]), self.boxes[i], self.crop_size, self.context_pad, self.fill)
+        return warp_box(_open_rgb_once(self.paths[i]), self.boxes[i], self.crop_size, self.context_pad, self.fill)
 
 
 def voc_det_gt(root: PathLike, split: str = "trainval", year: str = "2007", include_difficult: bool = False,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
 import shutil
 import struct
@@ -124,6 +125,23 @@ def test_det_gt_items(voc_root):
     s2 = ds.voc_det_gt(voc_root, "trainval", include_difficult=True)
     assert len(s2) == 6 and s2.difficult.sum() == 3
     assert list(s2.labels) == [C(n) for i in SPLITS["trainval"] for n, *_ in VOC_SPEC[i][2]]
+
+
+def test_det_gt_decodes_each_image_once_for_its_boxes(voc_root, monkeypatch):
+    s = ds.voc_det_gt(voc_root, "trainval", include_difficult=True)
+    fresh = [np.asarray(ds.warp_box(ds._open_rgb(s.paths[i]), s.boxes[i])) for i in range(len(s))]
+    opened = []
+    real = ds._open_rgb
+    monkeypatch.setattr(ds, "_open_rgb", lambda path: opened.append(path) or real(path))
+    crops = [np.asarray(s.image(i)) for i in range(len(s))]
+    assert len(opened) == len(set(s.paths)) == 3          # 6 boxes on 3 images
+    for a, b in zip(crops, fresh):
+        np.testing.assert_array_equal(a, b)
+    # a file replaced since is decoded again
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(s.paths[-1])
+    os.utime(s.paths[-1], ns=(1, 1))
+    centre = np.asarray(s.image(len(s) - 1))[113, 113]
+    assert len(opened) == 4 and centre.tolist() == [9, 9, 9]
 
 
 def test_det_gt_crop_at_scale_one_is_the_image_region(voc_root):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ def detection_s(model_id: str = "demo:finetuned", layer: str = "fc7", timeout_s:
         (Path(tmp) / "demo").mkdir()
         os.symlink(demo_profiles.demo_dir(), Path(tmp) / "demo" / demo_profiles.profile_name())
         env = {**os.environ, "FILTERSCOPE_CACHE": tmp, "FILTERSCOPE_DEMO": demo_profiles.profile_name()}
-        out = subprocess.run([sys.executable, "-c", code], cwd=str(Path(__file__).resolve().parent.parent),
+        out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT),
                              env=env, capture_output=True, text=True, timeout=timeout_s)
     if out.returncode != 0:
         raise RuntimeError(f"detection run failed: {out.stderr.strip()[-400:]}")
