@@ -45,12 +45,13 @@ RowSource = Callable[[], Iterable[Any]]
 
 def sketch_dim(budget_bytes: int) -> int:
     """The widest layer whose products fit ``budget_bytes``: four ``K x K`` float64 matrices (the fit
-    and validation products, the regularised copy and its Cholesky factor) take at most 2/3 of it.
+    and validation products, the regularised copy and its Cholesky factor) take at most a third of it
+    (the row blocks and their standardised copies take the rest).
 
     Reproduces: nothing in the paper (its SVMs ran on a large machine); the width beyond which
     :func:`linear_map_streamed` count-sketches a layer.
     """
-    return max(64, math.isqrt(max(0, int(budget_bytes)) // 48))
+    return max(64, math.isqrt(max(0, int(budget_bytes)) // 96))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

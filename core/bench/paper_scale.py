@@ -75,6 +75,8 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 ANALYSES = ("selectivity", "filter_ap", "filters_needed", "overlap", "ablation", "layer_map", "top_activations")
 TASK = "voc07-det-gt"
 TARGET_PEAK_RSS_MIB = 2048.0
+#: The real extraction path's throughput over the bare forward's on the same crops (#30).
+TARGET_EXTRACTION_RATIO = 0.8
 DEFAULT_JSON = ROOT / "bench" / "paper_scale.json"
 
 
@@ -295,6 +297,31 @@ def _stage_extract(spec: dict) -> dict:
     return {"items": len(svc.load_set(ds)), "layers": list(out), "dataset": ds}
 
 
+def _stage_extraction_ratio(spec: dict) -> dict:
+    """The real path (JPEG decode, crop with context, resize, forward, write) against the bare forward
+    on the same crops made beforehand: the first ``crops`` test crops, ``pairs`` back-to-back pairs in
+    alternating order (:func:`core.bench.quick._extraction_pairs`)."""
+    import copy
+
+    from core.bench.quick import _extraction_pairs
+    from core.hashing import stable_hash
+    from core.store.extraction import resolve_device
+
+    svc = _service()
+    full = svc.load_set(svc.task(TASK).test)
+    n = min(len(full), int(spec.get("crops", 256)))
+    data = copy.copy(full)      # the first n crops, as a box set of their own
+    data.paths, data.labels, data.boxes = full.paths[:n], full.labels[:n], full.boxes[:n]
+    data.fingerprint = stable_hash(full.fingerprint, "head", n)
+    lm, bs = svc.load_model(spec["model"]), 64
+    geometric = lm.spec.geometric_transform()
+    crops = [geometric(data[i][0]) for i in range(n)]
+    batches = [lm.spec.normalize_batch(crops[s:s + bs]).clone() for s in range(0, n, bs)]
+    del crops
+    return _extraction_pairs(lm, data, batches, list(spec["layers"]), bs, resolve_device("auto"),
+                             int(spec.get("pairs", 5)))
+
+
 def _finite(v: Any) -> float | None:
     v = float(v)
     return round(v, 6) if math.isfinite(v) else None
@@ -402,7 +429,9 @@ def _child_main() -> None:
         catalog.register_voc(spec["root"])
         catalog.load_model(spec["model"])
         t0 = time.perf_counter()
-        info = _stage_extract(spec) if spec["stage"] == "extract" else _stage_analysis(spec)
+        stage = {"extract": _stage_extract, "extraction_ratio": _stage_extraction_ratio}.get(spec["stage"],
+                                                                                          _stage_analysis)
+        info = stage(spec)
         out.update(ok=True, wall_s=round(time.perf_counter() - t0, 3), info=info)
     except BaseException as exc:  # noqa: BLE001 - MemoryError included: the parent records it
         traceback.print_exc()
@@ -471,7 +500,8 @@ def _run_stage(k: int, spec: dict, env: dict, run_dir: Path, timeout_s: float | 
         error = f"exited with {res.returncode}: {' | '.join(tail)}"[:2000]
     ok = res.returncode == 0 and bool(child.get("ok")) and not res.timed_out
     return {"name": spec["stage"] if spec["stage"] != "extract" else f"extract:{spec['split']}",
-            "layer": spec.get("layer") or ("all" if spec["stage"] in ("extract", "sparsity") else None),
+            "layer": spec.get("layer") or ("all" if spec["stage"] in ("extract", "sparsity", "extraction_ratio")
+                                           else None),
             "wall_s": child.get("wall_s") if ok else None, "process_s": round(res.seconds, 2),
             "peak_rss_mib": res.maxrss_mib, "peak_anon_mib": child.get("peak_anon_mib"),
             "children_peak_rss_mib": child.get("children_peak_rss_mib"),
@@ -492,8 +522,10 @@ def _dir_bytes(path: Path) -> int:
 
 def stage_plan(layers: Sequence[str] = LAYERS, analyses: Sequence[str] = ANALYSES,
                sparsity: bool = True) -> list[dict]:
-    """The stages in order: extraction of test, then trainval; per layer each analysis; sparsity."""
+    """The stages in order: extraction of test, then trainval; the extraction ratio against the bare
+    forward; per layer each analysis; sparsity."""
     plan = [{"stage": "extract", "split": split, "layers": list(layers)} for split in ("test", "trainval")]
+    plan.append({"stage": "extraction_ratio", "layers": list(layers), "crops": 256, "pairs": 5})
     plan += [{"stage": a, "layer": l} for l in layers for a in analyses]
     if sparsity:
         plan.append({"stage": "sparsity", "layers": list(layers)})
@@ -580,7 +612,7 @@ def _summarise(result: dict) -> None:
             items = (s.get("info") or {}).get("items") or result["splits"][split]["crops"]
             rate[split] = round(items / s["wall_s"], 2) if s["ok"] and s["wall_s"] else None
     result["extraction_crops_per_s"] = rate
-    after = [s for s in stages if not s["name"].startswith("extract:")]
+    after = [s for s in stages if not s["name"].startswith("extract")]
     result["analysis_s"] = round(sum(s["wall_s"] for s in after if s["wall_s"] is not None), 2)
     result["analysis_process_s"] = round(sum(s["process_s"] for s in after), 2)
     result["failed_stages"] = sum(not s["ok"] for s in stages)
@@ -591,6 +623,11 @@ def _summarise(result: dict) -> None:
     result["max_peak_rss_stage"] = f"{worst['name']} {worst['layer']}" if worst else None
     result["targets"] = {"max_peak_rss_mib": {"value": peak, "target": f"<= {TARGET_PEAK_RSS_MIB:g}",
                                               "pass": None if peak is None else peak <= TARGET_PEAK_RSS_MIB}}
+    ratio = next((s for s in stages if s["name"] == "extraction_ratio"), None)
+    value = (ratio.get("info") or {}).get("ratio") if ratio and ratio["ok"] else None
+    result["targets"]["extraction_vs_bare_forward"] = {
+        "value": value, "target": f">= {TARGET_EXTRACTION_RATIO:g}",
+        "pass": None if value is None else value >= TARGET_EXTRACTION_RATIO}
 
 
 # =========================================================================== table
@@ -620,13 +657,21 @@ def format_paper_table(result: dict) -> str:
         wall = "-" if s is None else ("FAIL" if not s["ok"] else f"{s['wall_s']:.1f}")
         lines.append(f"| {split} | {d['images']:,} | {d['boxes']:,} | {d['crops']:,} | {wall} | "
                      f"{rate if rate is not None else '-'} | {s['peak_rss_mib'] if s else '-'} |")
+    ratio = next((x for x in stages if x["name"] == "extraction_ratio"), None)
+    if ratio is not None:
+        r, t = ratio.get("info") or {}, result["targets"]["extraction_vs_bare_forward"]
+        lines += ["", (f"Extraction of {r.get('images')} test crops against the bare forward on the same crops: "
+                       f"{r.get('pipeline_img_s')} vs {r.get('model_only_img_s')} crops/s, ratio {r.get('ratio')} "
+                       f"(median of {len(r.get('runs', {}).get('ratio', []))} pairs), target {t['target']}: "
+                       f"{ {True: 'PASS', False: 'FAIL', None: 'n/a'}[t['pass']]}") if ratio["ok"]
+                      else f"Extraction ratio: FAIL ({ratio['error']})"]
     workers = [f"{x['name']} {x['children_peak_rss_mib']} MiB" for x in stages
                if (x.get("children_peak_rss_mib") or 0) >= 100]
     if workers:
         lines += ["", "Processes the stages started (DataLoader workers; summed RSS, sampled, not in the stage's "
                       "peak RSS): " + ", ".join(workers)]
     analyses = [a for a in ANALYSES if any(x["name"] == a for x in stages)]
-    analyses += sorted({x["name"] for x in stages if not x["name"].startswith("extract:")
+    analyses += sorted({x["name"] for x in stages if not x["name"].startswith("extract")
                         and x["name"] not in ANALYSES and x["name"] != "sparsity"})
     layers = list(dict.fromkeys(x["layer"] for x in stages if x["name"] in analyses))
     if analyses:
@@ -652,4 +697,4 @@ def format_paper_table(result: dict) -> str:
 
 
 __all__ = ["generate", "run", "format_paper_table", "stage_plan", "split_sizes", "check_fraction", "image_spec",
-           "draw_image", "voc_xml", "LAYERS", "ANALYSES", "TASK", "TARGET_PEAK_RSS_MIB", "DEFAULT_JSON"]
+           "draw_image", "voc_xml", "LAYERS", "ANALYSES", "TASK", "TARGET_PEAK_RSS_MIB", "TARGET_EXTRACTION_RATIO", "DEFAULT_JSON"]

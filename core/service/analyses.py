@@ -31,16 +31,21 @@ TABLE_CLASSIFIER = analysis.SVMConfig(method="lssvm")
 
 
 # ---- bounded memory: a layer is held whole only when its working copies fit the budget
-def _fits(*feats: LayerFeatures) -> bool:
-    """True when the layers' in-memory working copies (about three float32 copies of every value:
-    the read, the converted and the standardised one) fit ``FILTERSCOPE_MEMORY_GB`` together."""
-    return sum(int(np.prod(f.shape)) for f in feats) * 12 <= memory_budget()
+#: Bytes per stored value an in-memory analysis holds at its peak: three float32 copies (the read, the
+#: converted and the standardised one) for most; the classifiers add the train and test copies of the
+#: split and the ablated copies of the ablations.
+_HELD = {"reduce": 12, "classifier": 24, "ablation": 48}
+
+
+def _fits(*feats: LayerFeatures, held: str = "reduce") -> bool:
+    """True when the layers' in-memory working copies fit ``FILTERSCOPE_MEMORY_GB`` together."""
+    return sum(int(np.prod(f.shape)) for f in feats) * _HELD[held] <= memory_budget()
 
 
 def _blocks(f: LayerFeatures) -> list:
-    """The layer's row blocks for the streaming reducers: about a 32nd of the budget of stored float16
-    each, so that a block's float64 working copies stay well inside it."""
-    return analysis.row_blocks(f, max(1, memory_budget() // 32))
+    """The layer's row blocks for the streaming reducers: a 64th of the budget of stored float16 each,
+    so that a block's float64 working copies (a few of them at once) stay within a third of it."""
+    return analysis.row_blocks(f, max(1, memory_budget() // 64))
 
 
 def _rows_source(f: LayerFeatures) -> analysis.RowSource:
@@ -49,11 +54,11 @@ def _rows_source(f: LayerFeatures) -> analysis.RowSource:
     return lambda: (load_shard(d) for _, d in blocks)
 
 
-def _streaming_plan(ftr: LayerFeatures, fte: LayerFeatures) -> tuple[bool, int | None]:
+def _streaming_plan(ftr: LayerFeatures, fte: LayerFeatures, held: str) -> tuple[bool, int | None]:
     """``(whole, sketch)`` for a classifier on a train/test layer pair: held whole when both fit the
     budget, else streamed; ``sketch`` is the column count a streamed layer wider than the budget's
     ``D x D`` products allows is count-sketched to (:func:`core.analysis.sketch_dim`), else None."""
-    if _fits(ftr, fte):
+    if _fits(ftr, fte, held=held):
         return True, None
     k = analysis.sketch_dim(memory_budget())
     return False, (k if int(np.prod(ftr.shape[1:])) > k else None)
@@ -352,7 +357,7 @@ def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0,
              progress: Progress | None = None) -> dict:
     """Tables 7/8: linear-classifier mAP on original / binarize / sp-shuffle / sp-max features."""
     t, ftr, fte = _split_features(model_id, task_id, layer, progress)
-    whole, sketch = _streaming_plan(ftr, fte)
+    whole, sketch = _streaming_plan(ftr, fte, "ablation")
 
     def compute() -> dict:
         tr, te = load_set(t.train), load_set(t.test)
@@ -384,7 +389,7 @@ class LayerMapRequest:
 def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None = None) -> dict:
     """mAP (fraction) of per-class linear SVMs on one layer's features, train -> test split."""
     t, ftr, fte = _split_features(model_id, task_id, layer, progress)
-    whole, sketch = _streaming_plan(ftr, fte)
+    whole, sketch = _streaming_plan(ftr, fte, "classifier")
     width = int(np.prod(ftr.shape[1:]))
 
     def compute() -> dict:

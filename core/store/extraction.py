@@ -294,10 +294,10 @@ def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: t
                  num_workers: int | None = None, fan: _Fan | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, input_batch)`` in dataset order, on ``device``.
 
-    On the CPU each batch is a view of one reused buffer, valid until the next one is asked
+    On the CPU each batch is a view of a reused buffer, valid until the next one is asked
     for: in-memory images of the input size are normalised into it in row blocks split over
     ``fan``'s threads; other data is resized and cropped image by image (the model's transform)
-    and normalised into it, in this process, unless ``num_workers > 0`` asks for DataLoader
+    and normalised into it, one batch ahead on a helper thread, unless ``num_workers > 0`` asks for DataLoader
     worker processes (the default on CUDA, where they decode while the GPU runs).
     """
     n = len(data)
@@ -332,16 +332,30 @@ def iter_batches(loaded: LoadedModel, data: ImageSet, batch_size: int, device: t
         # compete with the forward for the same cores and add the copy of every batch
         # between processes (measured on AlexNet, 2 cores: 0.72 of the bare forward with
         # one worker, 0.85 without; splitting the transforms over threads gained nothing).
-        # Resize and crop image by image (uint8), then normalise them into one batch buffer.
+        # Resize and crop image by image (uint8), then normalise them into a batch buffer: on one
+        # helper thread, for the next batch while the forward of this one runs (PIL's decoding and
+        # resampling release the GIL), into the other of two buffers.
         spec = loaded.spec
         geometric = spec.geometric_transform()
-        buf = POOL.take((min(n, batch_size), 3, spec.input_size, spec.input_size), torch.float32)
+        shape = (min(n, batch_size), 3, spec.input_size, spec.input_size)
+        bufs = [POOL.take(shape, torch.float32), POOL.take(shape, torch.float32)]
+        prep = ThreadPoolExecutor(1, thread_name_prefix="extract-prep")
+
+        def prepare(lo: int, out: torch.Tensor) -> torch.Tensor:
+            crops = [geometric(_uint8_image(data, i)) for i in range(lo, min(n, lo + batch_size))]
+            return spec.normalize_batch(crops, out=out)
+
         try:
-            for start in range(0, n, batch_size):
-                crops = [geometric(_uint8_image(data, i)) for i in range(start, min(n, start + batch_size))]
-                yield start, spec.normalize_batch(crops, out=buf)
+            ahead = prep.submit(prepare, 0, bufs[0])
+            for k, start in enumerate(range(0, n, batch_size)):
+                batch = ahead.result()
+                if start + batch_size < n:   # the other buffer held the batch before this one: done with
+                    ahead = prep.submit(prepare, start + batch_size, bufs[(k + 1) % 2])
+                yield start, batch
         finally:
-            POOL.give(buf)
+            prep.shutdown(cancel_futures=True)
+            for b in bufs:
+                POOL.give(b)
         return
     if num_workers is None:
         num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))

@@ -101,10 +101,10 @@ def test_sketched_classifier_stays_close_on_separable_data():
     assert sketched.map > exact.map - 0.1
 
 
-def test_sketch_dim_keeps_four_products_inside_two_thirds_of_the_budget():
+def test_sketch_dim_keeps_four_products_inside_a_third_of_the_budget():
     for budget in (2**26, 2**30, 3 * 2**30):
         k = sketch_dim(budget)
-        assert 4 * k * k * 8 <= budget * 2 / 3 < 4 * (k + 1) ** 2 * 8
+        assert 4 * k * k * 8 <= budget / 3 < 4 * (k + 1) ** 2 * 8
 
 
 def test_bad_streams_are_input_errors():

@@ -59,7 +59,9 @@ def test_paper_scale_tree_reads_as_voc_scales_and_is_deterministic(tmp_path):
 def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     from core.bench import paper_scale
 
-    plan = paper_scale.stage_plan(("conv5", "fc7"), (), sparsity=True)           # 5 processes of ~5 s
+    plan = paper_scale.stage_plan(("conv5", "fc7"), (), sparsity=True)           # 6 processes of ~5 s
+    assert plan[2]["stage"] == "extraction_ratio"
+    plan[2].update(crops=8, pairs=1)
     plan[2:2] = [{"stage": "top_activations", "layer": "conv5"},
                  {"stage": "selectivity", "layer": "conv9"}]                         # fails; the run goes on
     r = paper_scale.run(0.004, root=tmp_path / "ps", plan=plan)
@@ -69,7 +71,7 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     assert r["splits"]["test"]["images"] == 20 and r["splits"]["test"]["crops"] > 0
     names = [(s["name"], s["layer"]) for s in r["stages"]]
     assert names == [("extract:test", "all"), ("extract:trainval", "all"), ("top_activations", "conv5"),
-                     ("selectivity", "conv9"), ("sparsity", "all")]
+                     ("selectivity", "conv9"), ("extraction_ratio", "all"), ("sparsity", "all")]
     for s in r["stages"]:
         assert set(s) >= {"name", "layer", "wall_s", "peak_rss_mib", "ok", "error"}
         assert isinstance(s["peak_rss_mib"], float) and s["peak_rss_mib"] > 0 and s["process_s"] > 0
@@ -81,7 +83,11 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     assert set(r["stages"][-1]["info"]["nonzero_pct"]) == {"conv5", "fc7"}
     assert r["extraction_crops_per_s"]["test"] > 0 and r["extraction_crops_per_s"]["trainval"] > 0
     assert r["feature_store_bytes"] > 0 and r["failed_stages"] == 1
-    assert r["analysis_s"] == pytest.approx(sum(s["wall_s"] for s in good[2:]), abs=0.02)
+    assert r["analysis_s"] == pytest.approx(sum(s["wall_s"] for s in good[2:] if s["name"] != "extraction_ratio"),
+                                            abs=0.02)
+    ratio = r["stages"][4]["info"]
+    assert ratio["images"] == 8 and ratio["ratio"] > 0 and ratio["model_only_img_s"] > 0
+    assert r["targets"]["extraction_vs_bare_forward"]["value"] == ratio["ratio"]
     assert r["max_peak_rss_mib"] == max(s["peak_rss_mib"] for s in r["stages"])
     assert r["targets"]["max_peak_rss_mib"]["target"] == "<= 2048"
     assert not (tmp_path / "ps" / "run-cache").exists()                            # features removed after the run
