@@ -6,15 +6,16 @@ features as row blocks that are never held together. A least-squares SVM (ridge 
 +-1 targets) needs only ``Z^T Z``, ``Z^T Y`` and the column sums of the standardised rows ``Z``,
 which add up block by block.
 
-Passes over the data (each reads every block once, so time grows linearly with the rows and
+Three passes over the data (each reads every block once, so time grows linearly with the rows and
 memory not at all): (0) the training columns' mean and variance; (1) the products of the
 standardised training rows, separately for the rows that fit the validation classifiers and the
 rows that score them; (2) the validation rows' scores, which choose the regulariser per class as
-:func:`linear_map` does; (3) the test rows' scores.
+:func:`linear_map` does, and the test rows' scores under every regulariser.
 
-Deviations from the in-memory function: the products are summed in float64 over blocks in the
-primal (``D x D``) form whatever the width; the in-memory function uses the dual (``N x N``) form
-for layers wider than their training set, which gives the same classifiers up to rounding. A layer
+Deviations from the in-memory function: the products are summed in float32 within a block and in
+float64 across blocks, in the primal (``D x D``) form whatever the width; the in-memory function
+uses the dual (``N x N``) form for layers wider than their training set (its products in float32
+too), which gives the same classifiers up to rounding. A layer
 wider than ``max_dim`` columns is first reduced to ``max_dim`` columns by a count sketch of its
 standardised columns (Charikar et al. 2002; "feature hashing", Weinberger et al. 2009): each
 column is added, with a random sign, to one of ``max_dim`` buckets, which keeps inner products in
@@ -77,7 +78,7 @@ class CountSketch:
         return out.index_add_(1, self.buckets, z * self.signs.to(z.dtype))
 
 
-#: A per-block feature transform ``(global start row, block [n_b, ...] float64) -> [n_b, D]``
+#: A per-block feature transform ``(global start row, block [n_b, ...] float32) -> [n_b, D]``
 #: (the ablations of Sec. 5); the identity flattens.
 Transform = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -88,10 +89,11 @@ def _flat(start: int, x: torch.Tensor) -> torch.Tensor:
 
 def _rows(source: RowSource, n: int, name: str,
           transform: Transform = _flat) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, transformed block [n_b, D] float64)`` over one pass of ``source``, checking it yields ``n`` rows."""
+    """``(start, transformed block [n_b, D] float32)`` over one pass of ``source``, checking it yields ``n`` rows
+    (float32 holds a float16 store exactly)."""
     start, width = 0, None
     for block in source():
-        t = as_torch(block, name=name).to(torch.float64)
+        t = as_torch(block, name=name).to(torch.float32)
         if not torch.isfinite(t).all():
             raise InputError(f"{name} contains NaN or inf values (block at row {start}); clean or drop them first")
         t = transform(start, t)
@@ -113,7 +115,8 @@ class _Standardiser:
     sketch: CountSketch | None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) / self.std
+        """Standardised (and sketched) float32 rows."""
+        z = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.sketch.apply(z) if self.sketch is not None else z
 
 
@@ -129,16 +132,16 @@ def _column_stats(rows: Iterator[tuple[int, torch.Tensor]], train: np.ndarray, m
             continue
         if shift is None:
             shift = x[0].clone()
-            s1, s2 = torch.zeros_like(shift), torch.zeros_like(shift)
+            s1, s2 = torch.zeros_like(shift, dtype=torch.float64), torch.zeros_like(shift, dtype=torch.float64)
         d = x - shift
-        s1 += d.sum(0)
-        s2 += (d * d).sum(0)
+        s1 += d.sum(0, dtype=torch.float64)
+        s2 += (d * d).sum(0, dtype=torch.float64)
     m = s1 / n
     var = (s2 / n - m * m).clamp_min(0.0)
     std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
     width = shift.numel()
     sketch = CountSketch.draw(width, max_dim, seed) if max_dim is not None and width > max_dim else None
-    return _Standardiser(shift + m, std, sketch)
+    return _Standardiser(shift.to(torch.float64) + m, std, sketch)
 
 
 @dataclasses.dataclass
@@ -156,9 +159,11 @@ class _Sums:
                    torch.zeros(k, dtype=torch.float64))
 
     def add(self, z: torch.Tensor, y: torch.Tensor) -> None:
-        self.zz.addmm_(z.T, z)
-        self.zy.addmm_(z.T, y)
-        self.z += z.sum(0)
+        """Add rows ``z`` (float32: their products are summed in float32 within the block, in float64
+        across blocks, as the in-memory function sums its Gram) with targets ``y``."""
+        self.zz += torch.mm(z.T, z).to(torch.float64)
+        self.zy.addmm_(z.T.to(torch.float64), y)
+        self.z += z.sum(0, dtype=torch.float64)
         self.n += z.shape[0]
 
 
@@ -196,8 +201,8 @@ def _lssvm_streamed(source: RowSource, n: int, transform: Transform, pos: np.nda
         train = (r == 1) | (r == 2)
         if not train.any():
             continue
-        z0 = (x[train] - std.mean) / std.std
-        sq += float((z0 * z0).sum())
+        z0 = (x[train] - std.mean.to(x.dtype)) / std.std.to(x.dtype)
+        sq += float((z0 * z0).sum(dtype=torch.float64))
         z = std.sketch.apply(z0) if std.sketch is not None else z0
         del z0
         yb, rb = y[start:start + len(x)][train], r[train]
@@ -205,34 +210,32 @@ def _lssvm_streamed(source: RowSource, n: int, transform: Transform, pos: np.nda
         val_sums.add(z[rb == 2], yb[rb == 2])
     lambdas = [q * (sq / (len(fit) + len(val)) or 1.0) for q in config.ridge_grid]
 
-    def scores(w: torch.Tensor, zbar: torch.Tensor, ym: torch.Tensor, wanted: int) -> torch.Tensor:
-        """``[L, n, C]`` (or ``[n, C]`` for ``w [K, C]``) scores of every row of role ``wanted``, by row."""
-        out = torch.zeros(*w.shape[:-2], n, c, dtype=torch.float64)
-        for start, x in _rows(source, n, "rows", transform):
-            m = torch.from_numpy(role[start:start + len(x)] == wanted)
+    # the validation classifiers (fit rows) and the final ones (fit + validation rows), every lambda
+    y_fit_mean, y_mean = y[torch.from_numpy(fit)].mean(0), y[torch.from_numpy(np.concatenate([fit, val]))].mean(0)
+    w_val, zbar_val = _solve(fit_sums, y_fit_mean, lambdas)
+    for a, b in ((fit_sums.zz, val_sums.zz), (fit_sums.zy, val_sums.zy), (fit_sums.z, val_sums.z)):
+        a += b
+    fit_sums.n += val_sums.n
+    del val_sums
+    w_all, zbar = _solve(fit_sums, y_mean, lambdas)
+    del fit_sums
+    # one pass scores the validation rows with the first and the test rows with the second
+    out = torch.zeros(len(lambdas), n, c, dtype=torch.float64)
+    for start, x in _rows(source, n, "rows", transform):
+        r = role[start:start + len(x)]
+        for wanted, w, zb, ym in ((2, w_val, zbar_val, y_fit_mean), (3, w_all, zbar, y_mean)):
+            m = torch.from_numpy(r == wanted)
             if m.any():
                 idx = torch.nonzero(m).squeeze(1) + start
-                out[..., idx, :] = (std(x[m]) - zbar) @ w + ym
-        return out
-
-    y_fit_mean = y[torch.from_numpy(fit)].mean(0)
-    w_val, zbar = _solve(fit_sums, y_fit_mean, lambdas)
-    val_scores = scores(w_val, zbar, y_fit_mean, 2)[:, torch.from_numpy(val)]
+                out[:, idx, :] = (std(x[m]).to(torch.float64) - zb) @ w + ym
+    val_scores = out[:, torch.from_numpy(val)]
     best = []
     for cl in range(c):
         y_val = pos[val, cl]
         aps = [_ap(val_scores[i, :, cl].numpy(), y_val) for i in range(len(lambdas))]
         best.append(int(np.argmax(aps)) if y_val.any() else len(lambdas) // 2)
-    del w_val, val_scores
-    for a, b in ((fit_sums.zz, val_sums.zz), (fit_sums.zy, val_sums.zy), (fit_sums.z, val_sums.z)):
-        a += b
-    fit_sums.n += val_sums.n
-    del val_sums
-    train_rows = torch.from_numpy(np.concatenate([fit, val]))
-    y_mean = y[train_rows].mean(0)
-    w_all, zbar = _solve(fit_sums, y_mean, lambdas)
-    w = torch.stack([w_all[best[cl], :, cl] for cl in range(c)], 1)       # [K, C]
-    s = scores(w, zbar, y_mean, 3)[torch.from_numpy(test)].numpy()
+    test_scores = out[:, torch.from_numpy(test)]
+    s = torch.stack([test_scores[best[cl], :, cl] for cl in range(c)], 1).numpy()
     aps = np.asarray([_ap(s[:, cl], pos[test, cl]) for cl in range(c)])
     return LinearMapResult(aps, np.asarray([1.0 / lambdas[b] for b in best]), s)
 

@@ -45,14 +45,14 @@ def test_linear_map_streamed_equals_in_memory(n_tr, shape, multilabel):
     got = linear_map_streamed(array_source(xtr, 7), ytr, array_source(xte, 11), yte, num_classes=4, config=LSSVM)
     np.testing.assert_allclose(got.ap, ref.ap, atol=1e-9)
     np.testing.assert_allclose(got.c_values, ref.c_values, rtol=1e-5)
-    np.testing.assert_allclose(got.test_scores, ref.test_scores, atol=1e-5)
+    np.testing.assert_allclose(got.test_scores, ref.test_scores, atol=1e-4)     # float32 products, as in memory
 
 
 def test_one_block_or_many_give_the_same_classifiers():
     xtr, ytr, xte, yte = _data(150, 50, (20,), 3, 1)
     one = linear_map_streamed(array_source(xtr, 10**6), ytr, array_source(xte, 10**6), yte, config=LSSVM)
     many = linear_map_streamed(array_source(xtr, 1), ytr, array_source(xte, 3), yte, config=LSSVM)
-    np.testing.assert_allclose(many.test_scores, one.test_scores, atol=1e-9)
+    np.testing.assert_allclose(many.test_scores, one.test_scores, atol=1e-5)    # float32 within a block
 
 
 @pytest.mark.parametrize("shape", [(5, 4, 4), (24,)])
