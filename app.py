@@ -18,6 +18,8 @@ PAGES = {
         st.Page("pages/overlap.py", title="Overlap", icon=":material/join_inner:", url_path="overlap"),
         st.Page("pages/ablations.py", title="Sparsity & ablations", icon=":material/content_cut:", url_path="ablations"),
         st.Page("pages/training.py", title="Training dynamics", icon=":material/timeline:", url_path="training"),
+        st.Page("pages/what-changed.py", title="What changed", icon=":material/compare_arrows:",
+                url_path="what-changed"),
     ],
     "Explore": [
         st.Page("pages/probe.py", title="Probe your images", icon=":material/image_search:", url_path="probe"),

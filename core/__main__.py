@@ -122,6 +122,32 @@ def cmd_findings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from core import service
+
+    a, b = service.resolve_model(args.a), service.resolve_model(args.b)
+    with tqdm_progress() as cb:
+        doc = service.compare_summary(a, b, args.task, args.layer or None, args.pool, args.top, progress=cb)
+    print(f"What changed from {a} to {b} on {args.task} (linear CKA, {doc['pool']}, {doc['estimator']}):")
+    print(f"{'layer':>10}  {'CKA':>6}  {'moved (1 - CKA)':>15}")
+    for r in doc["diagonal"]:
+        print(f"{r['layer']:>10}  {r['cka']:6.3f}  {r['moved']:15.3f}")
+    how = ("units matched one to one by response correlation" if doc["units_matched"]
+           else "unit i before is unit i after")
+    print(f"\nTop {len(doc['top_changed_units'])} changed units of {doc['layer']} by |ΔAuE| ({how}):")
+    print(f"{'unit':>5} {'after':>5} {'corr':>6} {'AuE before':>10} {'AuE after':>9}  best class before -> after"
+          f"{'':>4} {'‖Δw‖/‖w‖':>9}")
+    for r in doc["top_changed_units"]:
+        print(f"{r['unit']:>5} {r['unit after']:>5} {r['match correlation']:6.3f} {r['AuE before']:10.3f} "
+              f"{r['AuE after']:9.3f}  {r['best class before']} ({r['best AP before']:.2f}) -> {r['best class after']} "
+              f"({r['best AP after']:.2f}) {r['weight change']:9.4f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from core.store import cache_usage
 
@@ -310,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="items per Ray shard, rounded up to a multiple of --batch-size (default: ~2 per actor)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("findings", help="check the paper's ten headline findings on a model (as the Overview page)")
+    p = sub.add_parser("findings", help="check the paper's ten headline findings and CKA's on a model (as the "
+                                        "Overview page)")
     p.add_argument("--model", default="demo", help="model id (default demo = demo:finetuned)")
     p.add_argument("--compare", default=None, help="the pretrained net it is compared with (default: "
                    "demo:pretrained for a demo network; none for your own)")
@@ -319,6 +346,18 @@ def main(argv: list[str] | None = None) -> int:
                                                            "('' to skip)")
     p.add_argument("--json", default=None, help="also write the rows and their provenance as JSON")
     p.set_defaults(func=cmd_findings)
+
+    p = sub.add_parser("compare", help="what changed between two networks: layer x layer CKA and the units that "
+                                       "changed most (as the What changed page)")
+    p.add_argument("--a", default="demo:pretrained", help="the network before (default demo:pretrained)")
+    p.add_argument("--b", default="demo:finetuned", help="the network after (default demo:finetuned)")
+    p.add_argument("--task", default="demo-detgt", help="task whose test split both networks see (default demo-detgt)")
+    p.add_argument("--layer", default=None, help="layer of the unit table (default: the last layer both have)")
+    p.add_argument("--pool", default="flatten", choices=("flatten", "mean", "max"),
+                   help="conv maps in CKA: flattened (default) or spatially pooled")
+    p.add_argument("--top", type=int, default=10, help="how many changed units to list (default 10)")
+    p.add_argument("--json", default=None, help="also write the CKA matrix, the diagonal and the units as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("cache", help="sizes of the cache folder (info) or removal of stale items (prune)")
     p.add_argument("action", choices=("info", "prune"), help="info: sizes per kind, live and stale; prune: remove "
@@ -347,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", default="conv5", help="layer of the Sec. 4 figures (default conv5)")
     p.add_argument("--cls", type=int, default=0, help="class index of the precision-recall figure")
     p.add_argument("--figures", default="", help="comma-separated subset of findings,sel,pr,needed,overlap,sparsity,"
-                                                 "ablation,layers (default: all)")
+                                                 "ablation,layers,changed (default: all)")
     p.add_argument("--ablation-splits", type=int, default=3, help="re-drawn splits for the ablation error bars")
     p.add_argument("--title", default="Filterscope report")
     p.add_argument("--base-url", default="http://127.0.0.1:8501", help="where the app runs (for permalinks)")

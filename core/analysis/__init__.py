@@ -27,7 +27,7 @@ from core.analysis.precision_recall import (class_filter_ap, filter_ap, pr_curve
                                             shuffled_label_ap)
 from core.analysis.selectivity import aue, entropy_curves, selectivity_curve, shuffled_label_aue
 from core.analysis.sparsity import (class_nonzero_fraction, nonzero_fraction, sparsity_meaningful,
-                                    sparsity_summary)
+                                    sparsity_summary, unit_nonzero_fraction)
 from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins)
 from core.analysis.sharded import __all__ as _SHARDED
 from core.analysis.streamed_svm import (CountSketch, ablation_study_streamed, array_source,
@@ -51,7 +51,7 @@ __all__ = [
     # overlap (Fig. 5)
     "topk_sets", "topk_overlap", "shared_filters", "overlap_chance",
     # sparsity (Table 6)
-    "nonzero_fraction", "sparsity_summary", "class_nonzero_fraction", "sparsity_meaningful",
+    "nonzero_fraction", "sparsity_summary", "class_nonzero_fraction", "sparsity_meaningful", "unit_nonzero_fraction",
     # ablations (Sec. 5, Tables 7-8)
     "binarize", "spatial_max", "spatial_shuffle", "ablation_transforms", "bootstrap_map",
     "AblationResult", "ablation_study",

@@ -1,7 +1,8 @@
 """The paper's headline findings as explicit rules over measured numbers.
 
 Reproduces: the conclusions of Agrawal, Girshick & Malik (ECCV 2014) that a reader checks
-first: Fig. 1 (selectivity rises with depth; fine-tuning moves fc6/fc7), Tables 1-2 (mAP
+first: Fig. 1 (selectivity rises with depth; fine-tuning moves fc6/fc7, and the same asked of
+representations with CKA, not in the paper), Tables 1-2 (mAP
 rises with depth), Sec. 3 / Tables 1-2 (pretraining beats scratch when target data are
 scarce; full fine-tuning beats fc-only), Table 4 (longer pretraining helps), Table 7
 (binarizing conv5 is cheap), Sec. 4.1-4.2 / Table 5 (a distributed code, few grandmother
@@ -42,7 +43,7 @@ class Finding:
 #: The findings, in the order the app, the report and ``python -m core findings`` list them.
 FINDING_IDS = ("selectivity_depth", "finetune_moves_fc", "map_rises_with_depth", "pretrain_beats_scratch",
                "longer_pretraining_helps", "full_ft_beats_fc_only", "binarize_cheap", "distributed_conv",
-               "sparsity_falls", "lower_layers_converge_first")
+               "sparsity_falls", "lower_layers_converge_first", "cka_moves_fc")
 
 TITLES = {
     "selectivity_depth": "Class selectivity rises with depth (Fig. 1)",
@@ -55,6 +56,7 @@ TITLES = {
     "distributed_conv": "conv5 codes classes with many filters, few grandmother cells (Sec. 4.1-4.2, Table 5)",
     "sparsity_falls": "Responses get sparser with depth (Table 6)",
     "lower_layers_converge_first": "Lower layers converge first during pretraining (Table 3)",
+    "cka_moves_fc": "By CKA too, fine-tuning moves the top layers most (ours; Fig. 1's question)",
 }
 
 PAPER = {
@@ -68,6 +70,7 @@ PAPER = {
     "distributed_conv": "~30-40 conv5 filters for 90% of full AP; few grandmother cells",
     "sparsity_falls": "non-zero responses: conv1 87.5% → fc7 21.6%",
     "lower_layers_converge_first": "conv1 is nearly final after 15k iterations; fc7 keeps improving",
+    "cka_moves_fc": "by mean AuE (Fig. 1), fine-tuning changes fc6 and fc7, little below",
 }
 
 
@@ -206,6 +209,29 @@ def lower_layers_converge_first(iterations: Sequence[int], map_by_layer: Mapping
                     reached={low: a, high: b})
 
 
+def cka_moves_fc(cka_by_layer: Mapping[str, float], fc: Sequence[str] = ("fc6", "fc7"),
+                 low: Sequence[str] = ("conv1", "conv2", "conv3")) -> Finding:
+    """Holds when the layer that moved most under fine-tuning (largest ``1 - CKA`` between a layer of the
+    pretrained and the same layer of the fine-tuned network) is one of ``fc``, and every ``fc`` layer
+    moved more than every ``low`` layer.
+
+    Reproduces: Fig. 1's conclusion (fine-tuning changes the top layers) asked of representations with
+    linear CKA (Kornblith et al. 2019) instead of mean AuE: not in the paper.
+    """
+    moved = {l: 1.0 - float(v) for l, v in cka_by_layer.items()}
+    top = max(moved, key=lambda l: moved[l])
+    below = [l for l in low if l in moved]
+    lagging = [f"{f} {moved[f]:.3f} <= {l} {moved[l]:.3f}" for f in fc if f in moved for l in below
+               if moved[f] <= moved[l]]
+    holds = top in fc and not lagging
+    why = (f"{top} moved most ({moved[top]:.3f}), not {' or '.join(fc)}" if top not in fc
+           else "an fc layer moved less than a lower one: " + "; ".join(lagging))
+    return _finding("cka_moves_fc", "1 - CKA(pretrained, fine-tuned): " + ", ".join(f"{l} {m:.3f}"
+                                                                                   for l, m in moved.items()),
+                    holds, why, moved=moved, most=top)
+
+
 __all__ = ["Finding", "FINDING_IDS", "not_measured", "selectivity_depth", "finetune_moves_fc",
            "map_rises_with_depth", "pretrain_beats_scratch", "longer_pretraining_helps", "full_ft_beats_fc_only",
-           "binarize_cheap", "distributed_conv", "sparsity_falls", "first_reaching", "lower_layers_converge_first"]
+           "binarize_cheap", "distributed_conv", "sparsity_falls", "first_reaching", "lower_layers_converge_first",
+           "cka_moves_fc"]

@@ -390,6 +390,30 @@ def _merge_moments(a: tuple[int, float, float], b: tuple[int, float, float]) -> 
     return n, a[1] + d * b[0] / n, a[2] + b[2] + d * d * a[0] * b[0] / n
 
 
+def _shard_unit_counts(start: int, x: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """``(start, rows, non-zero count per unit [F])`` of one shard."""
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise InputError(f"each shard must be [n, F] or [n, F, H, W] with n >= 1, got {tuple(x.shape)}")
+    a = np.asarray(x)
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        raise InputError("acts contains NaN values; NaN is neither zero nor non-zero")
+    return start, len(a), np.count_nonzero(a, axis=(0, 2, 3) if a.ndim == 4 else 0).astype(np.int64)
+
+
+def unit_nonzero_fraction_sharded(shards: Any, *, map_shards: MapShards = map_local) -> np.ndarray:
+    """Fraction of each unit's responses that are non-zero ``[F]``; equal to
+    :func:`core.analysis.sparsity.unit_nonzero_fraction` on the whole (integer counts: exactly).
+
+    Reproduces: Table 6's measure per unit (not in the paper).
+    """
+    specs = shard_specs(shards)
+    parts = map_shards(_shard_unit_counts, specs)
+    n = _check_tiling([p[0] for p in parts], [p[1] for p in parts])
+    x0 = load_shard(specs[0][1])
+    per = n * (x0.shape[2] * x0.shape[3] if x0.ndim == 4 else 1)
+    return np.sum([p[2] for p in parts], axis=0) / per
+
+
 def sparsity_summary_sharded(shards: Any, *, map_shards: MapShards = map_local) -> dict[str, float]:
     """Mean and population std of the per-item non-zero fraction from additive per-shard moments.
 
@@ -466,4 +490,4 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
 
 __all__ = ["row_blocks", "entropy_curves_sharded", "aue_sharded", "shuffled_label_aue_sharded",
            "class_filter_ap_sharded", "sparsity_meaningful_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
-           "class_nonzero_fraction_sharded", "ablation_features_sharded"]
+           "class_nonzero_fraction_sharded", "unit_nonzero_fraction_sharded", "ablation_features_sharded"]

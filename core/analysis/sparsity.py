@@ -97,4 +97,28 @@ def class_nonzero_fraction(acts: Any, labels: Any, num_classes: int | None = Non
     return as_numpy(torch.where(count > 0, mean, torch.nan))
 
 
-__all__ = ["nonzero_fraction", "sparsity_summary", "class_nonzero_fraction"]
+def unit_nonzero_fraction(acts: Any) -> np.ndarray:
+    """Fraction of each unit's responses that are non-zero, over every item and spatial position.
+
+    Reproduces: Table 6's measure per unit instead of per image (not in the paper; the
+    unit-by-unit comparison of two networks reports it before and after).
+
+    Parameters
+    ----------
+    acts : array or tensor, ``[N, F]`` or ``[N, F, H, W]``
+
+    Returns
+    -------
+    numpy.ndarray, float64, ``[F]``
+    """
+    a = as_torch(acts, name="acts")
+    if a.ndim not in (2, 4) or a.shape[0] == 0:
+        raise InputError(f"acts must be [N, F] or [N, F, H, W] with N >= 1, got shape {tuple(a.shape)}")
+    if a.is_floating_point() and bool(torch.isnan(a).any()):
+        raise InputError("acts contains NaN values; NaN is neither zero nor non-zero")
+    axes = (0, 2, 3) if a.ndim == 4 else (0,)
+    per = a.shape[0] * (a.shape[2] * a.shape[3] if a.ndim == 4 else 1)
+    return as_numpy((a != 0).sum(dim=axes).to(torch.float64) / per)
+
+
+__all__ = ["nonzero_fraction", "sparsity_summary", "class_nonzero_fraction", "unit_nonzero_fraction"]

@@ -261,6 +261,30 @@ def _layers_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | N
                  prov=provs, page="overview", table=df, table_caption="Per-layer mAP (%)")
 
 
+def _changed_item(req: ReportRequest, t: service.TaskSpec, progress: Progress | None) -> ReportItem:
+    """What changed (#31): the layer x layer CKA of the compare (before) and the report's model (after), with
+    the units of the report's layer that changed most by |ΔAuE| as its table."""
+    from core.present import change_figures
+
+    before = service.pretrained_counterpart(req.model, req.compare)
+    if before is None:
+        raise InputError(f"what changed needs the network {req.model} started from: pass it as the compare model")
+    cka = service.cka_layers(before, req.model, req.task, progress=progress)
+    la, lb = service.model_label(before), service.model_label(req.model)
+    fig = change_figures.cka_heatmap_figure(cka.matrix, cka.layers_a, cka.layers_b, label_a=la, label_b=lb,
+                                            pool=cka.pool, estimator=cka.estimator)
+    units = service.unit_change(before, req.model, req.task, req.layer, progress=progress)
+    table = service.most_changed(units, "|ΔAuE|", 15)[
+        ["unit", "unit after", "status", "match correlation", "AuE before", "AuE after", "best class before",
+         "best AP before", "best class after", "best AP after", "weight change"]].round(4)
+    return _item(req, "changed", fig, title=f"What changed: {la} → {lb}", ref="Fig. 1 (by CKA)",
+                 caption=f"Linear CKA (Kornblith et al. 2019) of every layer pair on the same test items "
+                         f"({cka.estimator}); table: the 15 {req.layer} units that changed most by |ΔAuE| · "
+                         f"{t.title} (test split).",
+                 prov=[cka.provenance, units.provenance], page="what-changed", table=table,
+                 table_caption=f"{req.layer}: the units that changed most by |ΔAuE|, {la} → {lb}")
+
+
 def findings_table(rows: Sequence[dict]) -> pd.DataFrame:
     """The findings as a table: id, finding, paper, this model, verdict, why."""
     return pd.DataFrame([{"id": r["id"], "finding": r["title"], "paper": r["paper"], "this model": r["measured"],
@@ -302,6 +326,7 @@ STANDARD: dict[str, tuple[Callable[..., ReportItem], str]] = {
     "sparsity": (_sparsity_item, "Table 6 sparsity"),
     "ablation": (_ablation_item, "Tables 7-8 ablations"),
     "layers": (_layers_item, "Tables 1-4 per-layer mAP"),
+    "changed": (_changed_item, "what changed: layer CKA and the units that changed most"),
 }
 
 
@@ -333,7 +358,7 @@ def standard_items(req: ReportRequest, keys: Sequence[str] | None = None, *, pro
     items = []
     for key in keys:
         builder, what = STANDARD[key]
-        if key in ("sel", "findings") and multilabel:  # entropy of class labels needs one label per item
+        if key in ("sel", "findings", "changed") and multilabel:  # class-label entropy needs one label per item
             skip(key, f"{what} needs single-label data; {t.title} is multi-label (pick a DET-GT or scene task)")
             continue
         items.append(builder(req, t, progress))

@@ -13,6 +13,7 @@ One module per concern; this package re-exports their public names:
 - :mod:`.analyses` — selectivity, filter AP, filters needed, overlap, sparsity, ablations, layer mAP
 - :mod:`.detection_tasks` — PASCAL-DET (R-CNN detection mAP, one image's detections)
 - :mod:`.scene_tasks` — SUN-CLS (scene accuracy over fixed partitions)
+- :mod:`.compare` — what changed between two networks: layer x layer CKA, unit-by-unit change
 - :mod:`.paper_tables` — each task's measure and the paper's Tables 1-4, 7, 8 beside its numbers
 - :mod:`.headline_findings` — the ten headline findings checked on measured numbers
 - :mod:`.warm` — the default analyses computed ahead so every page opens warm
@@ -43,6 +44,9 @@ from core.service.catalog import (MODEL_ALIASES, TaskSpec, build_demo, checkpoin
                                   model_info, model_label, model_layers, models, register_imagefolder,
                                   register_model, register_sun397, register_task, register_voc,
                                   register_voc_detection, resolve_model, task, tasks, training_curves)
+from core.service.compare import (MEASURES, POOLS, WEAK_MATCH, CKARequest, CKAResult, UnitChangeRequest,
+                                  UnitChangeResult, cka_layers, compare_summary, filter_weights, most_changed,
+                                  snapshot_cka, snapshot_models, unit_change)
 from core.service.detection_tasks import (DEMO_DETECTION, REAL_DETECTION, DetectionRequest, asdict_config,
                                           detection_config, detection_images, detection_map, detection_result,
                                           detections, is_detection_cached)
@@ -77,6 +81,9 @@ __all__ = [
     "OverlapResult", "overlap",
     "shared_filters", "cluster_order", "SparsityRequest", "sparsity", "AblationRequest", "ablation", "LayerMapRequest",
     "layer_map", "layer_map_table",
+    # what changed between two networks
+    "POOLS", "MEASURES", "WEAK_MATCH", "CKARequest", "CKAResult", "cka_layers", "snapshot_models", "snapshot_cka",
+    "UnitChangeRequest", "UnitChangeResult", "unit_change", "most_changed", "filter_weights", "compare_summary",
     # detection and scene tasks
     "DEMO_DETECTION", "REAL_DETECTION", "DetectionRequest", "detection_config", "detection_result",
     "asdict_config", "detection_map", "is_detection_cached", "detection_images", "detections",

@@ -1,4 +1,5 @@
-"""The paper's ten headline findings checked on measured numbers (:mod:`core.analysis.findings`)."""
+"""The paper's ten headline findings, and one of ours asked with CKA, checked on measured numbers
+(:mod:`core.analysis.findings`)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -8,6 +9,7 @@ from core.hashing import code_version
 from core.errors import DataMissingError
 from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
+from core.service.compare import cka_layers
 from core.service.catalog import (_demo_built, checkpoint_series, demo_variants, layers_of, model_info, model_label,
                                   models, tasks)
 
@@ -34,7 +36,8 @@ def pretrained_counterpart(model_id: str, compare: str | None = None) -> str | N
 def findings(finetuned: str = "demo:finetuned", pretrained: str | None = "demo:pretrained",
              task_id: str = "demo-detgt", cls_task: str | None = "demo-cls",
              progress: Progress | None = None) -> list[dict]:
-    """The paper's ten headline findings checked on these models (:mod:`core.analysis.findings`).
+    """The paper's ten headline findings and CKA's version of Fig. 1's, checked on these models
+    (:mod:`core.analysis.findings`).
 
     ``pretrained`` is the network ``finetuned`` started from (:func:`pretrained_counterpart`); None
     leaves the rows that compare with it "not measured", saying how to give it.
@@ -139,12 +142,17 @@ def findings(finetuned: str = "demo:finetuned", pretrained: str | None = "demo:p
         return fnd.lower_layers_converge_first(list(table.index), {l: list(table[l] / 100) for l in (first, last)},
                                                first, last)
 
+    def cka_rows():
+        need(pretrained)
+        diag = cka_layers(pretrained, finetuned, task_id, progress=progress).diagonal()
+        return fnd.cka_moves_fc(dict(zip(diag["layer"], diag["cka"])), fc, tuple(layers[:max(1, len(layers) // 2)]))
+
     steps: list[tuple[tuple[str, ...], Callable[[], Any]]] = [
         (("selectivity_depth", "finetune_moves_fc"), selectivity_rows), (("map_rises_with_depth",), map_depth),
         (("pretrain_beats_scratch",), scratch), (("longer_pretraining_helps",), longer),
         (("full_ft_beats_fc_only",), fc_only), (("binarize_cheap",), binarize),
         (("distributed_conv",), distributed), (("sparsity_falls",), sparse),
-        (("lower_layers_converge_first",), converge)]
+        (("lower_layers_converge_first",), converge), (("cka_moves_fc",), cka_rows)]
     rows = []
     for fids, measure in steps:
         try:
@@ -166,7 +174,7 @@ def findings_provenance(finetuned: str, pretrained: str | None, task_id: str, cl
 
 
 def findings_summary(rows: Sequence[dict]) -> str:
-    """``"8 of 10 findings hold (1 not measured)"``."""
+    """``"8 of 11 findings hold (1 not measured)"``."""
     held = sum(r["holds"] is True for r in rows)
     skipped = sum(r["holds"] is None for r in rows)
     return f"{held} of {len(rows)} findings hold" + (f" ({skipped} not measured)" if skipped else "")

@@ -5,7 +5,9 @@ from typing import Any, Callable, Sequence
 
 from core.store.extraction import Progress
 from core.service.analyses import ablation, filter_ap, filters_needed, layer_map, selectivity, sparsity
-from core.service.catalog import demo_variants, layers_of, models, task
+from core.service.catalog import demo_variants, layers_of, models, task, tasks
+from core.service.compare import cka_layers, snapshot_cka, unit_change
+from core.service.detection_tasks import detection_map
 from core.service.feature_store import extract_all
 from core.service.headline_findings import findings
 
@@ -50,6 +52,17 @@ def warm_plan(tasks_to_warm: Sequence[str] = ("demo-detgt", "demo-cls")) -> list
                     steps.append((f"layer mAP {m} {l} {t}", lambda m=m, l=l, t=t: layer_map(m, t, l)))
     if main_models == ["demo:finetuned", "demo:pretrained"] and "demo-detgt" in tasks_to_warm:
         steps.append(("headline findings", lambda: findings(cls_task=cls_task)))
+        # What changed: its defaults (the findings computed the flattened CKA matrix already)
+        for l in ("fc7", "conv5"):
+            steps.append((f"unit change {l}", lambda l=l: unit_change("demo:pretrained", "demo:finetuned",
+                                                                      "demo-detgt", l)))
+        if groups["snapshots"]:
+            steps.append(("snapshot CKA", lambda: snapshot_cka("demo-detgt")))
+        steps.append(("layer CKA (pooled)", lambda: [cka_layers("demo:pretrained", "demo:finetuned", "demo-detgt",
+                                                                pool=p) for p in ("mean", "max")]))
+    if "demo:finetuned" in models() and "demo-det" in tasks():
+        steps.append(("detections fc7 (the Detections page)",
+                      lambda: detection_map("demo:finetuned", "demo-det", "fc7", "original")))
     return steps
 
 

@@ -1,4 +1,5 @@
-"""The ten headline-finding rules on hand-made numbers: each verdict worked out by hand from the rule."""
+"""The headline-finding rules (the paper's ten and CKA's) on hand-made numbers: each verdict worked out by
+hand from the rule."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ def _aue(*values):
 
 
 def test_ids_titles_and_papers_cover_every_finding():
-    assert len(fnd.FINDING_IDS) == 10 and len(set(fnd.FINDING_IDS)) == 10
+    assert len(fnd.FINDING_IDS) == 11 and len(set(fnd.FINDING_IDS)) == 11
     for fid in fnd.FINDING_IDS:
         assert fnd.TITLES[fid] and fnd.PAPER[fid]
 
@@ -109,3 +110,13 @@ def test_rows_are_json_ready_and_why_only_when_not_holding():
     json.dumps(rows)
     assert rows[0]["why"] == "" and rows[1]["why"] and rows[2]["holds"] is None
     assert {"id", "paper", "measured", "holds"} <= set(rows[0])
+
+
+def test_cka_moves_fc():
+    cka = _aue(0.99, 0.9, 0.85, 0.6, 0.5, 0.45, 0.55)            # 1 - CKA: fc6 .55 most; fc7 .45 > conv3 .15
+    f = fnd.cka_moves_fc(cka)
+    assert f.holds is True and f.numbers["most"] == "fc6" and f.numbers["moved"]["conv1"] == pytest.approx(0.01)
+    f2 = fnd.cka_moves_fc(_aue(0.99, 0.9, 0.85, 0.6, 0.3, 0.45, 0.55))          # conv5 moved most (.7)
+    assert f2.holds is False and "conv5 moved most" in f2.why
+    f3 = fnd.cka_moves_fc(_aue(0.99, 0.9, 0.5, 0.6, 0.5, 0.4, 0.6))             # fc7 .4 <= conv3 .5
+    assert f3.holds is False and "fc7 0.400 <= conv3 0.500" in f3.why

@@ -49,3 +49,19 @@ def test_reducers_over_blocks_equal_the_whole_array(stored):
     assert summary["std"] == pytest.approx(ref["std"], abs=1e-12)
     np.testing.assert_allclose(analysis.class_nonzero_fraction_sharded(blocks, labels, 4),
                                analysis.class_nonzero_fraction(x, labels, 4), atol=1e-12)
+
+
+def test_unit_nonzero_fraction_counts_every_response(stored):
+    x, _, shard = stored
+    n, f, h, w = x.shape
+    literal = np.array([sum(float(x[i, u, a, b]) != 0 for i in range(n) for a in range(h) for b in range(w))
+                        / (n * h * w) for u in range(f)])
+    np.testing.assert_allclose(analysis.unit_nonzero_fraction(x), literal, atol=1e-15)
+    assert analysis.unit_nonzero_fraction(x)[2] == 1.0                          # the filter that never is zero
+    blocks = row_blocks([(0, shard)], 3 * x[0].nbytes)
+    np.testing.assert_array_equal(analysis.unit_nonzero_fraction_sharded(blocks), analysis.unit_nonzero_fraction(x))
+    fc = x.max(axis=(2, 3))
+    np.testing.assert_array_equal(analysis.unit_nonzero_fraction_sharded([fc[:7], fc[7:]]),
+                                  (fc != 0).mean(0))
+    with pytest.raises(InputError, match="NaN"):
+        analysis.unit_nonzero_fraction(np.full((2, 3), np.nan))

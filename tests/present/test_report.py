@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from core.present import export
+from core import service
 from core.present import report
 from core.errors import InputError
 
@@ -279,3 +280,17 @@ def test_findings_item_and_cli_hold_the_rules_on_the_service_numbers(tmp_path, c
     table = item.table.set_index("id")
     verdict = {True: "holds", False: "does not hold", None: "not measured"}
     assert all(table.loc[k, "verdict"] == verdict[r["holds"]] for k, r in rows.items())
+
+
+def test_changed_item_is_the_cka_matrix_and_the_units_that_changed_most():
+    item = report.standard_items(REQ, ["changed"])[0]
+    cka = service.cka_layers("demo:pretrained", "demo:finetuned", REQ.task)
+    heat = [t for t in item.figure().data if t.type == "heatmap"][0]
+    z = heat.z
+    if isinstance(z, dict):                      # plotly's typed-array encoding, as stored in the item
+        import base64
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(cka.matrix.shape)
+    np.testing.assert_allclose(np.asarray(z, dtype=float), cka.matrix, atol=1e-12)
+    top = service.most_changed(service.unit_change("demo:pretrained", "demo:finetuned", REQ.task, REQ.layer), "|ΔAuE|", 15)
+    assert list(item.table["unit"]) == list(top["unit"]) and item.key == "changed"
+    assert "what-changed" in item.url and "Kornblith" in item.caption
