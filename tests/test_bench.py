@@ -33,7 +33,8 @@ def test_run_tiny_structure_and_json(tmp_cache):
         assert sec["reference_s"] > 0 and sec["fast_s"] > 0 and sec["speedup"] > 0
     assert r["aue"]["shape"] == [100, 3, 13, 13] and r["aue"]["dtype"] == "float16"
     assert "scaled" in r["aue"]["note"]                            # reference on 2 of 3 filters
-    for key in ("pages_warm_ms", "probe_ms", "detection_s", "demo_build_s", "demo_rerun_s", "peak_rss_mb"):
+    for key in ("pages_warm_ms", "probe_ms", "cka_demo_s", "detection_s", "demo_build_s", "demo_rerun_s",
+                "peak_rss_mb"):
         assert r[key] is None and r["reasons"][key]
     assert r["reasons"]["demo_build_s"] == "skipped in --quick"
     assert set(r["targets"]) == set(bench.TARGETS)
@@ -70,3 +71,4 @@ def test_app_metrics_without_demo_give_reasons(tmp_cache):
     reasons: dict = {}
     assert bench._metric(bench.probe_ms, reasons, "probe_ms") is None
     assert reasons["probe_ms"]                                     # demo not built / no pages
+    assert bench._metric(bench.cka_demo_s, reasons, "cka_demo_s") is None and reasons["cka_demo_s"]

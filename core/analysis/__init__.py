@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from core.analysis.ablation import (AblationResult, ablation_study, ablation_transforms,
                                     binarize, bootstrap_map, spatial_max, spatial_shuffle)
-from core.analysis.cka import (MinibatchCKA, cka_matrix, linear_cka, match_units,
+from core.analysis.cka import (GRAM_ALL_ITEMS, MinibatchCKA, cka_matrix, linear_cka, match_units,
                                minibatch_cka_matrix, unit_correlation)
 from core.analysis.detection import DetectionEvalResult, evaluate_detections, voc_ap
 from core.analysis.overlap import overlap_chance, shared_filters, topk_overlap, topk_sets
@@ -58,5 +58,5 @@ __all__ = [
     # detection (PASCAL-DET, VOC 2007 devkit)
     "voc_ap", "evaluate_detections", "DetectionEvalResult",
     # representation similarity between networks (Kornblith et al. 2019, Nguyen et al. 2021, Li et al. 2016)
-    "linear_cka", "cka_matrix", "MinibatchCKA", "minibatch_cka_matrix", "match_units", "unit_correlation",
+    "linear_cka", "cka_matrix", "GRAM_ALL_ITEMS", "MinibatchCKA", "minibatch_cka_matrix", "match_units", "unit_correlation",
 ] + list(_SHARDED)  # shard-reducing twins of the above (core/analysis/sharded.py)

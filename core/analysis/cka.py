@@ -36,6 +36,10 @@ POOLS = (None, "max", "mean")
 
 
 # --------------------------------------------------------------------------- layer preparation
+#: :func:`cka_matrix` keeps every layer as its ``N x N`` Gram up to this many items (128 MiB a layer).
+GRAM_ALL_ITEMS = 4096
+
+
 def _check_pool(pool: Any) -> None:
     if pool not in POOLS:
         raise InputError(f"pool must be None (flatten conv maps), 'max' or 'mean', got {pool!r}")
@@ -77,8 +81,19 @@ def _rep(t: torch.Tensor) -> _Rep:
     xc = t - t.mean(0, keepdim=True)
     if p < n:
         return _Rep(xc, None, xc.square().sum(1), varies)
-    g = xc @ xc.T
+    g = _gram(xc)
     return _Rep(None, g, g.diagonal(), varies)
+
+
+def _gram(xc: torch.Tensor) -> torch.Tensor:
+    """``xc @ xc.T``; on the CPU by BLAS's symmetric rank-k update (``dsyrk``: half the products of a
+    general matrix product, the same sums), its upper triangle mirrored."""
+    if xc.device.type != "cpu":
+        return xc @ xc.T
+    from scipy.linalg.blas import dsyrk
+
+    up = torch.from_numpy(dsyrk(1.0, xc.numpy().T, trans=1))   # (xc^T)^T (xc^T), no copy of xc
+    return torch.triu(up) + torch.triu(up, 1).T
 
 
 def _inner(a: _Rep, b: _Rep) -> torch.Tensor:
@@ -237,7 +252,9 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, debiased: bool = False,
     -----
     Each layer's centred features (``P < N``) or centred ``N x N`` Gram (``P >= N``) is
     computed once and kept for all pairs, so memory is at most that of the inputs in
-    float64. For data that does not fit, see :class:`MinibatchCKA`.
+    float64; with up to :data:`GRAM_ALL_ITEMS` items and any Gram among the layers, every
+    layer is kept as its Gram (``N x N``), which makes each pair one dot product. For data
+    that does not fit, see :class:`MinibatchCKA`.
     """
     _check_pool(pool)
     same = ys is xs
@@ -253,6 +270,10 @@ def cka_matrix(xs: Sequence[Any], ys: Sequence[Any], *, debiased: bool = False,
     for j, r in enumerate(ry):
         if not r.varies:
             raise _no_variance(f"ys[{j}]")
+    if n <= GRAM_ALL_ITEMS and any(r.gram is not None for r in rx + ry):
+        # a narrow layer against a Gram costs N^2 P per pair; its own Gram, once, makes each pair a dot
+        rx = [r if r.gram is not None else r._replace(feat=None, gram=_gram(r.feat)) for r in rx]
+        ry = rx if same else [r if r.gram is not None else r._replace(feat=None, gram=_gram(r.feat)) for r in ry]
     sx = torch.stack([_hsic(r, r, n, debiased) for r in rx])
     sy = sx if same else torch.stack([_hsic(r, r, n, debiased) for r in ry])
     cross = torch.empty(len(rx), len(ry), dtype=torch.float64, device=dev)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from core.bench import quick
 from core.bench.quick import (FULL, QUICK, TARGETS, BenchSizes, _metric, ap_reference, aue_data, aue_reference,
                               bench_ap, bench_aue, bench_extraction, bench_extraction_alexnet, demo_build,
-                              detection_s, format_table, machine_info, pages_warm_ms, probe_ms, run)
+                              cka_demo_s, detection_s, format_table, machine_info, pages_warm_ms, probe_ms, run)
 
 __all__ = ["quick", "BenchSizes", "FULL", "QUICK", "TARGETS", "aue_reference", "ap_reference", "aue_data", "run",
            "format_table", "machine_info", "bench_extraction", "bench_extraction_alexnet", "bench_aue", "bench_ap",
-           "pages_warm_ms", "probe_ms", "detection_s", "demo_build", "_metric"]
+           "pages_warm_ms", "probe_ms", "cka_demo_s", "detection_s", "demo_build", "_metric"]

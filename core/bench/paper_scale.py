@@ -350,6 +350,9 @@ def _stage_analysis(spec: dict) -> dict:
     if name == "top_activations":
         r = svc.top_activations(model, TASK, layer, 0)
         return {"top_score": _finite(r["scores"][0]) if len(r["scores"]) else None}
+    if name == "cka":   # the network against itself, every layer pair: streams minibatches over budget
+        r = svc.cka_layers(model, model, TASK, debiased=True, layers_a=spec["layers"], layers_b=spec["layers"])
+        return {"estimator": r.estimator, "min_offdiag": _finite(np.min(r.matrix)), "layers": list(r.layers_a)}
     if name == "sparsity":
         r = svc.sparsity(model, TASK, spec["layers"])
         return {"nonzero_pct": {row["layer"]: _finite(row["mean"]) for row in r["table"]}}
@@ -500,7 +503,7 @@ def _run_stage(k: int, spec: dict, env: dict, run_dir: Path, timeout_s: float | 
         error = f"exited with {res.returncode}: {' | '.join(tail)}"[:2000]
     ok = res.returncode == 0 and bool(child.get("ok")) and not res.timed_out
     return {"name": spec["stage"] if spec["stage"] != "extract" else f"extract:{spec['split']}",
-            "layer": spec.get("layer") or ("all" if spec["stage"] in ("extract", "sparsity", "extraction_ratio")
+            "layer": spec.get("layer") or ("all" if spec["stage"] in ("extract", "sparsity", "extraction_ratio", "cka")
                                            else None),
             "wall_s": child.get("wall_s") if ok else None, "process_s": round(res.seconds, 2),
             "peak_rss_mib": res.maxrss_mib, "peak_anon_mib": child.get("peak_anon_mib"),
@@ -523,12 +526,13 @@ def _dir_bytes(path: Path) -> int:
 def stage_plan(layers: Sequence[str] = LAYERS, analyses: Sequence[str] = ANALYSES,
                sparsity: bool = True) -> list[dict]:
     """The stages in order: extraction of test, then trainval; the extraction ratio against the bare
-    forward; per layer each analysis; sparsity."""
+    forward; per layer each analysis; sparsity and the layer x layer CKA over all layers."""
     plan = [{"stage": "extract", "split": split, "layers": list(layers)} for split in ("test", "trainval")]
     plan.append({"stage": "extraction_ratio", "layers": list(layers), "crops": 256, "pairs": 5})
     plan += [{"stage": a, "layer": l} for l in layers for a in analyses]
     if sparsity:
         plan.append({"stage": "sparsity", "layers": list(layers)})
+        plan.append({"stage": "cka", "layers": list(layers)})
     return plan
 
 
@@ -672,7 +676,7 @@ def format_paper_table(result: dict) -> str:
                       "peak RSS): " + ", ".join(workers)]
     analyses = [a for a in ANALYSES if any(x["name"] == a for x in stages)]
     analyses += sorted({x["name"] for x in stages if not x["name"].startswith("extract")
-                        and x["name"] not in ANALYSES and x["name"] != "sparsity"})
+                        and x["name"] not in ANALYSES and x["name"] not in ("sparsity", "cka")})
     layers = list(dict.fromkeys(x["layer"] for x in stages if x["name"] in analyses))
     if analyses:
         lines += ["", "| layer | " + " | ".join(analyses) + " |", "|---|" + "---:|" * len(analyses)]
@@ -682,6 +686,10 @@ def format_paper_table(result: dict) -> str:
     spars = next((x for x in stages if x["name"] == "sparsity"), None)
     if spars:
         lines += ["", f"sparsity, all layers at once: {_cell(spars)}"]
+    cka = next((x for x in stages if x["name"] == "cka"), None)
+    if cka:
+        lines += ["", f"layer x layer CKA of the network with itself, every layer pair: {_cell(cka)}"
+                      + (f" ({cka['info'].get('estimator')})" if cka["ok"] else "")]
     t = result["targets"]["max_peak_rss_mib"]
     mark = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
     lines += ["", f"Cells: wall s (in the stage's own process, after imports and model load) · its peak RSS "

@@ -93,10 +93,12 @@ class CKAResult:
 
 def _held_bytes(feats: Sequence[LayerFeatures]) -> int:
     """What full-data CKA holds: per layer a float64 Gram ``N x N`` or centred features ``N x P``
-    (whichever is smaller), plus the largest layer's float64 copy while it is prepared."""
+    (whichever is smaller; every layer a Gram up to ``GRAM_ALL_ITEMS`` items), plus the largest layer's
+    float64 copy while it is prepared."""
     n = feats[0].shape[0]
     widths = [int(np.prod(f.shape[1:])) for f in feats]
-    return 8 * n * (sum(min(n, p) for p in widths) + max(widths))
+    kept = n * len(widths) if n <= analysis.GRAM_ALL_ITEMS else sum(min(n, p) for p in widths)
+    return 8 * n * (kept + max(widths))
 
 
 def _minibatch_size(feats: Sequence[LayerFeatures], n: int) -> int:

@@ -59,7 +59,7 @@ def test_paper_scale_tree_reads_as_voc_scales_and_is_deterministic(tmp_path):
 def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     from core.bench import paper_scale
 
-    plan = paper_scale.stage_plan(("conv5", "fc7"), (), sparsity=True)           # 6 processes of ~5 s
+    plan = paper_scale.stage_plan(("conv5", "fc7"), (), sparsity=True)           # 7 processes of ~5 s
     assert plan[2]["stage"] == "extraction_ratio"
     plan[2].update(crops=8, pairs=1)
     plan[2:2] = [{"stage": "top_activations", "layer": "conv5"},
@@ -71,7 +71,7 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     assert r["splits"]["test"]["images"] == 20 and r["splits"]["test"]["crops"] > 0
     names = [(s["name"], s["layer"]) for s in r["stages"]]
     assert names == [("extract:test", "all"), ("extract:trainval", "all"), ("top_activations", "conv5"),
-                     ("selectivity", "conv9"), ("extraction_ratio", "all"), ("sparsity", "all")]
+                     ("selectivity", "conv9"), ("extraction_ratio", "all"), ("sparsity", "all"), ("cka", "all")]
     for s in r["stages"]:
         assert set(s) >= {"name", "layer", "wall_s", "peak_rss_mib", "ok", "error"}
         assert isinstance(s["peak_rss_mib"], float) and s["peak_rss_mib"] > 0 and s["process_s"] > 0
@@ -80,7 +80,8 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     good = [s for s in r["stages"] if s is not bad]
     assert all(s["ok"] and s["error"] is None and s["wall_s"] >= 0 for s in good), good
     assert r["stages"][0]["info"]["items"] == r["splits"]["test"]["crops"]
-    assert set(r["stages"][-1]["info"]["nonzero_pct"]) == {"conv5", "fc7"}
+    assert set(r["stages"][-2]["info"]["nonzero_pct"]) == {"conv5", "fc7"}
+    assert r["stages"][-1]["info"]["layers"] == ["conv5", "fc7"] and r["stages"][-1]["info"]["estimator"]
     assert r["extraction_crops_per_s"]["test"] > 0 and r["extraction_crops_per_s"]["trainval"] > 0
     assert r["feature_store_bytes"] > 0 and r["failed_stages"] == 1
     assert r["analysis_s"] == pytest.approx(sum(s["wall_s"] for s in good[2:] if s["name"] != "extraction_ratio"),
