@@ -107,7 +107,8 @@ with tab_units, guard("the unit-by-unit change"):
         st.session_state["wc_unit"] = int(shown["unit"].iloc[rows[0]])
     st.caption("Click a point above or select a row to see the unit before and after.")
 
-    unit = int(st.session_state.get("wc_unit", int(top["unit"].iloc[0])))
+    alive = top[top["status"] == ""]      # by default the top unit that fires before and after
+    unit = int(st.session_state.get("wc_unit", int((alive if len(alive) else top)["unit"].iloc[0])))
     row = t.iloc[unit]
     partner = int(row["unit after"])
     st.subheader(f"Unit #{unit} before · #{partner} after" if partner >= 0 else f"Unit #{unit}: unmatched")
@@ -127,7 +128,7 @@ with tab_units, guard("the unit-by-unit change"):
                                                      threshold=float(ec["thresholds"][len(ec["thresholds"]) // 2]))
                     return figures.apply_style(f, title=f"Entropy curve · {label}", presentation=pres, caption=textwrap.fill(
                         f"Entropy curve behind Fig. 1 (Appendix); area = AuE · {task.title}", 70),
-                        stamp=textwrap.fill(res.provenance.stamp(), 95))
+                        stamp=textwrap.fill(res.provenance.stamp(), 80))
 
                 show_figure(memo_figure(("wc_entropy", model, sel.task, sel.layer, u, pres), entropy),
                             f"wc_entropy_{'a' if model == before else 'b'}", provenance=res.provenance)
@@ -141,7 +142,7 @@ with tab_units, guard("the unit-by-unit change"):
                     f = figures.image_grid_figure(images, titles=titles, heatmaps=maps, cols=4)
                     return figures.apply_style(f, title=f"Top test items · {label}", presentation=pres, caption=textwrap.fill(
                         "Titles: true class · max response; overlay: the unit's response map", 70),
-                        stamp=textwrap.fill(res.provenance.stamp(), 95))
+                        stamp=textwrap.fill(res.provenance.stamp(), 80))
 
                 show_figure(memo_figure(("wc_grid", model, sel.task, sel.layer, u, pres), grid),
                             f"wc_grid_{'a' if model == before else 'b'}", provenance=res.provenance)
