@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from core.errors import InputError
 from core.present.figures import (GREY, PALETTE, SEQUENTIAL, _arr, _new_figure, apply_style, layer_color,
-                                  series_dash, _paper_layer)
+                                  layer_lines)
 
 KORNBLITH = "Kornblith et al., ICML 2019"
 POOLING = {"flatten": "conv maps flattened (C·H·W values)", "mean": "conv maps spatially mean-pooled",
@@ -100,16 +100,8 @@ def unit_scatter_figure(before: Any, after: Any, colour: Any, units: Any, *, mea
 def snapshot_cka_figure(df: Any) -> go.Figure:
     """CKA of each snapshot's layer with the same layer of the final network, one line per layer, against
     the snapshot's step: Table 3 / Fig. 2's question (which layers settle first?) asked of representations."""
-    steps = np.asarray(df.index, dtype=float)
     fig = _new_figure("Table 3 / Fig. 2 with linear CKA")
-    for i, col in enumerate(df.columns):
-        fig.add_scatter(x=steps, y=df[col].to_numpy(float), mode="lines+markers", name=str(col),
-                        line=dict(color=layer_color(str(col), i), width=2.5,
-                                  dash=series_dash("solid", 0 if _paper_layer(str(col)) else i)), marker=dict(size=9),
-                        hovertemplate="%{fullData.name}<br>step %{x:,d}: CKA with the final %{y:.3f}<extra></extra>")
-    log = bool(len(steps)) and bool(np.all(steps > 0))
-    fig.update_xaxes(title_text=str(df.index.name or "step") + (" (log scale)" if log else ""),
-                     type="log" if log else "category")
+    layer_lines(fig, df, str(df.index.name or "step"), "step %{x:,d}: CKA with the final %{y:.3f}")
     fig.update_yaxes(title_text="linear CKA with the final network", range=[0, 1.05])
     return apply_style(fig, title="When does each layer settle?",
                        caption="Linear CKA of each snapshot's layer with the same layer at the end of the run, on "

@@ -815,6 +815,19 @@ def _wrap_html(text: str, width: int) -> str:
     return "<br>".join(_wrap(str(text), width))
 
 
+def layer_lines(fig: go.Figure, df: Any, x_title: str, hover: str) -> None:
+    """One line per layer (``df``'s columns, in their layer colours) against ``df``'s index (steps), on a
+    log x axis when every step is positive, else categorical; ``hover`` follows the layer's name."""
+    steps = np.asarray(df.index, dtype=float)
+    for i, col in enumerate(df.columns):
+        fig.add_scatter(x=steps, y=df[col].to_numpy(float), mode="lines+markers", name=str(col),
+                        line=dict(color=layer_color(str(col), i), width=2.5,
+                                  dash=series_dash("solid", 0 if _paper_layer(str(col)) else i)), marker=dict(size=9),
+                        hovertemplate="%{fullData.name}<br>" + hover + "<extra></extra>")
+    log = bool(len(steps)) and bool(np.all(steps > 0))
+    fig.update_xaxes(title_text=x_title + (" (log scale)" if log else ""), type="log" if log else "category")
+
+
 def snapshot_figure(df: Any) -> go.Figure:
     """mAP vs. pretraining iterations, one line per layer. Reproduces Table 3 (and the
     time axis of Fig. 2).
@@ -822,16 +835,8 @@ def snapshot_figure(df: Any) -> go.Figure:
     ``df``: index = snapshot iterations (ints), columns = layers, values = mAP (%).
     The x axis is logarithmic when every iteration is positive, else categorical.
     """
-    iters = np.asarray(df.index, dtype=float)
     fig = _new_figure("Table 3 / Fig. 2")
-    for i, col in enumerate(df.columns):
-        fig.add_scatter(x=iters, y=df[col].to_numpy(float), mode="lines+markers", name=str(col),
-                        line=dict(color=layer_color(str(col), i), width=2.5,
-                                  dash=series_dash("solid", 0 if _paper_layer(str(col)) else i)), marker=dict(size=9),
-                        hovertemplate="%{fullData.name}<br>%{x:,d} iterations: mAP %{y:.1f}%<extra></extra>")
-    log = bool(len(iters)) and bool(np.all(iters > 0))
-    fig.update_xaxes(title_text="pretraining iterations" + (" (log scale)" if log else ""),
-                     type="log" if log else "category")
+    layer_lines(fig, df, "pretraining iterations", "%{x:,d} iterations: mAP %{y:.1f}%")
     fig.update_yaxes(title_text="mAP (%)")
     return apply_style(fig, title="Performance vs. pretraining time, by layer",
                        caption=_caption("Table 3", "Features of pretraining snapshots, no fine-tuning."))
