@@ -53,6 +53,9 @@ class ImageSet(torch.utils.data.Dataset):
     class_names: tuple[str, ...]
     labels: np.ndarray
     fingerprint: str
+    #: fingerprints of the sets this one is made from (a subset, region crops), when it is derived: the
+    #: cache's pruning keeps its features while those sets are live (``core.store.cache_usage``)
+    derived_from: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -83,9 +86,12 @@ class ImageSet(torch.utils.data.Dataset):
 
     def describe(self) -> dict:
         """Provenance of this set, stored in every manifest that uses it."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "num_items": len(self),
-                "num_classes": self.num_classes, "multilabel": self.multilabel,
-                "class_names": list(self.class_names)}
+        out = {"name": self.name, "fingerprint": self.fingerprint, "num_items": len(self),
+               "num_classes": self.num_classes, "multilabel": self.multilabel,
+               "class_names": list(self.class_names)}
+        if self.derived_from:
+            out["derived_from"] = list(self.derived_from)
+        return out
 
 
 class ArrayImageSet(ImageSet):

@@ -175,9 +175,22 @@ def model_info(model_id: str) -> dict:
     return {"id": model_id, **lm.spec.describe()}
 
 
-@lru_cache(maxsize=16)
 def load_detection(dataset_id: str) -> rcnn.DetectionData:
-    """Whole images and every ground-truth box of a detection split (cached per process)."""
+    """Whole images and every ground-truth box of a detection split (cached per process; a demo split per
+    demo build: another profile or a rebuild reads its own files)."""
+    build = None
+    if dataset_id.startswith("demo:"):
+        path = demo_profiles.demo_dir() / "manifest.json"
+        try:
+            info = path.stat()
+            build = (str(path), info.st_mtime_ns, info.st_size, info.st_ino)
+        except OSError:
+            build = (str(path),)
+    return _load_detection(dataset_id, build)
+
+
+@lru_cache(maxsize=16)
+def _load_detection(dataset_id: str, build: tuple | None) -> rcnn.DetectionData:
     return rcnn.load_detection_data(dataset_id)
 
 

@@ -117,7 +117,8 @@ def _feature_item(folder: Path, shas: set[str], prints: set[str]) -> Item:
         return Item("features", folder, size, True, f"{model.get('name')}: not a demo network, kept")
     if model.get("weights_sha256") not in shas:
         return Item("features", folder, size, False, f"{model.get('name')} of a demo build that is gone")
-    if str(data.get("name", "")).startswith("demo:") and data.get("fingerprint") not in prints:
+    sources = {data.get("fingerprint"), *data.get("derived_from", [])}   # region crops: the split they come from
+    if str(data.get("name", "")).startswith("demo:") and not sources & prints:
         return Item("features", folder, size, False, f"{data.get('name')} of a demo build that is gone")
     return Item("features", folder, size, True, f"{model.get('name')} on {data.get('name')}")
 

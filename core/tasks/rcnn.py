@@ -139,6 +139,7 @@ class DetectionData:
                                 self.images.class_names, stable_hash(self.images.fingerprint, n))
         else:
             raise InputError(f"cannot take a subset of {type(self.images).__name__}")
+        imgs.derived_from = self.images.derived_from or (self.images.fingerprint,)
         return DetectionData(imgs, self.boxes[keep], self.labels[keep], self.difficult[keep], self.image_index[keep])
 
 
@@ -406,7 +407,9 @@ def crop_set(images: ImageSet, image_index: np.ndarray, boxes: np.ndarray, input
     lazy = _LazyCrops(images, image_index, boxes, input_size, pad, fill)
     fp = stable_hash("rcnn-crops", images.fingerprint, _digest(image_index, boxes.astype(np.float32)),
                      input_size, pad, list(fill))
-    return ArrayImageSet(name, lazy, np.zeros(len(boxes), np.int64), ("region",), fingerprint=fp)  # type: ignore[arg-type]
+    out = ArrayImageSet(name, lazy, np.zeros(len(boxes), np.int64), ("region",), fingerprint=fp)  # type: ignore[arg-type]
+    out.derived_from = images.derived_from or (images.fingerprint,)
+    return out
 
 
 def _check_size(loaded: LoadedModel, layer: str, n: int) -> None:

@@ -99,3 +99,24 @@ def test_a_running_build_keeps_its_partial_folder(cache):
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert not any(i.path == paths["partial"] for i in cache_usage.prune())
     assert paths["partial"].exists()
+
+
+def test_features_of_sets_derived_from_a_live_split_are_live(cache):
+    """Region crops of the detection task are a set of their own (their fingerprint is not a demo split's):
+    they stay while the split they were cut from is live, and go with it."""
+    from core.store import cache_usage
+
+    root, paths = cache
+    live_sha = json.loads((paths["live"] / "conv1.json").read_text())["model"]["weights_sha256"]
+    live_fp = json.loads((paths["live"] / "conv1.json").read_text())["dataset"]["fingerprint"]
+    f = root / "features" / "demo-finetuned-aaa"
+    crops = _layer(f / "demo-target-test-crops", "demo:finetuned", live_sha, "demo:target-test[:6]-regions",
+                   "cropsprint", 100)
+    gone = _layer(f / "demo-target-test-crops-old", "demo:finetuned", live_sha, "demo:target-test[:6]-regions",
+                  "cropsprint2", 100)
+    for folder, source in ((crops, live_fp), (gone, "oldprint")):
+        man = json.loads((folder / "conv1.json").read_text())
+        man["dataset"]["derived_from"] = [source]
+        (folder / "conv1.json").write_text(json.dumps(man))
+    by_path = {i.path: i for i in cache_usage.usage().items}
+    assert by_path[crops].live and not by_path[gone].live
