@@ -212,8 +212,22 @@ def entropy_curves_sharded(shards: Any, labels: Any, num_classes: int, num_thres
     numpy.ndarray, float64, ``[F, T]``
     """
     specs, lab, thr = _shard_thresholds(shards, labels, num_classes, num_thresholds, map_shards)
-    counts = map_shards(_shard_counts, specs, lab, int(num_classes), thr)
-    return _entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()
+    return _entropy(torch.from_numpy(_summed_counts(specs, lab, int(num_classes), thr, map_shards))).numpy()
+
+
+#: Shards whose ``[F, T, C]`` counts are mapped and summed at a time: the running sum, not every shard's
+#: counts, is held (integer sums: the same result in any grouping).
+COUNT_GROUP = 8
+
+
+def _summed_counts(specs: list, lab: np.ndarray, num_classes: int, thr: np.ndarray,
+                   map_shards: MapShards) -> np.ndarray:
+    """Pass 2 summed over the shards, :data:`COUNT_GROUP` shards at a time (memory flat in their number)."""
+    total = None
+    for i in range(0, len(specs), COUNT_GROUP):
+        part = np.sum(map_shards(_shard_counts, specs[i:i + COUNT_GROUP], lab, num_classes, thr), axis=0)
+        total = part if total is None else total + part
+    return total
 
 
 def _shard_thresholds(shards: Any, labels: Any, num_classes: int, num_thresholds: int,
@@ -253,8 +267,8 @@ def shuffled_label_aue_sharded(shards: Any, labels: Any, num_classes: int, seeds
     rows = []
     for s in seeds:
         perm = label_permutation(len(lab), s).numpy()
-        counts = map_shards(_shard_counts, specs, lab[perm], int(num_classes), thr)
-        rows.append(_trapezoid(_entropy(torch.from_numpy(np.sum(counts, axis=0))).numpy()))
+        counts = _summed_counts(specs, lab[perm], int(num_classes), thr, map_shards)
+        rows.append(_trapezoid(_entropy(torch.from_numpy(counts)).numpy()))
     return np.stack(rows) if rows else np.zeros((0, thr.shape[0]))
 
 
