@@ -114,10 +114,17 @@ class _Standardiser:
     std: torch.Tensor
     sketch: CountSketch | None
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised rows, in ``x``'s dtype."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def reduce(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised rows sketched to the classifier's columns (as they are when not sketched)."""
+        return self.sketch.apply(z) if self.sketch is not None else z
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised (and sketched) float32 rows."""
-        z = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return self.sketch.apply(z) if self.sketch is not None else z
+        return self.reduce(self.standardise(x))
 
 
 def _column_stats(rows: Iterator[tuple[int, torch.Tensor]], train: np.ndarray, max_dim: int | None,
@@ -201,9 +208,9 @@ def _lssvm_streamed(source: RowSource, n: int, transform: Transform, pos: np.nda
         train = (r == 1) | (r == 2)
         if not train.any():
             continue
-        z0 = (x[train] - std.mean.to(x.dtype)) / std.std.to(x.dtype)
+        z0 = std.standardise(x[train])
         sq += float((z0 * z0).sum(dtype=torch.float64))
-        z = std.sketch.apply(z0) if std.sketch is not None else z0
+        z = std.reduce(z0)
         del z0
         yb, rb = y[start:start + len(x)][train], r[train]
         fit_sums.add(z[rb == 1], yb[rb == 1])
@@ -336,16 +343,15 @@ def ablation_study_streamed(train: RowSource, train_y: Any, test: RowSource, tes
     -------
     AblationResult
     """
-    first = as_torch(next(iter(train())), name="train rows")
-    names = list(ablation_transforms(first.ndim))
-    del first
+    first = as_torch(next(iter(train())), name="train rows").shape     # conv maps or vectors, and H x W
+    names = list(ablation_transforms(len(first)))
+    hw = int(first[2] * first[3]) if len(first) == 4 else None
     c = _num_classes(train_y, test_y, num_classes)
     y_all = np.concatenate([as_numpy(as_torch(train_y)), as_numpy(as_torch(test_y))])
     n_tr, n = len(as_torch(train_y)), len(y_all)
     n_te = n - n_tr
     pos = positives_matrix(y_all, n, c, torch.device("cpu")).numpy()
     source = _chain(train, n_tr, test, n_te)
-    hw = None
     runs: list[dict] = []
     for seed in seeds:
         tr_idx, te_idx = (resplit_indices(y_all, n_te, seed) if resplit
@@ -357,9 +363,6 @@ def ablation_study_streamed(train: RowSource, train_y: Any, test: RowSource, tes
         for name in names:
             perms = None
             if name == "sp-shuffle":
-                if hw is None:
-                    shape = as_torch(next(iter(train())), name="train rows").shape
-                    hw = int(shape[2] * shape[3])
                 perms = torch.empty(n, hw, dtype=torch.int32)
                 perms[torch.from_numpy(tr_idx)] = shuffle_permutations(len(tr_idx), hw, seed).to(torch.int32)
                 perms[torch.from_numpy(te_idx)] = shuffle_permutations(len(te_idx), hw, seed + 1_000_003).to(torch.int32)
