@@ -234,10 +234,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.paper_scale:
         return _paper_scale(args)
-    given = [f for f, v in (("--fraction", args.fraction), ("--weights", args.weights), ("--root", args.root)) if v]
+    given = [f for f, v in (("--fraction", args.fraction), ("--weights", args.weights), ("--root", args.root),
+                            ("--keep-cache", args.keep_cache)) if v]
     if given:
         raise InputError(f"{', '.join(given)}: only with --paper-scale (python -m core bench --paper-scale "
-                         "[--fraction F] [--weights FILE] [--json PATH] [--root DIR])")
+                         "[--fraction F] [--weights FILE] [--json PATH] [--root DIR] [--keep-cache])")
     result = bench.run(quick=args.quick)
     print(bench.format_table(result))
     if args.json:
@@ -258,7 +259,7 @@ def _paper_scale(args: argparse.Namespace) -> int:
         raise InputError("--quick and --paper-scale are two different benchmarks; give one of them")
     fraction = paper_scale.check_fraction(1.0 if args.fraction is None else args.fraction)
     out = Path(args.json) if args.json else paper_scale.DEFAULT_JSON
-    result = paper_scale.run(fraction, weights=args.weights, root=args.root,
+    result = paper_scale.run(fraction, weights=args.weights, root=args.root, keep_cache=args.keep_cache,
                              say=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(paper_scale.format_paper_table(result))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -377,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="--paper-scale: AlexNet state dict (default: seeded random init)")
     p.add_argument("--root", default=None, help="--paper-scale: folder of the generated tree "
                                                  "(default <cache>/paper_scale; reused when it matches)")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="--paper-scale: keep the run's features and results (<root>/run-cache) afterwards, to open "
+                        "them in the app (FILTERSCOPE_CACHE=<root>/run-cache FILTERSCOPE_VOC=<root>)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="write the standard figures as an HTML report, slides, PDF and tables")

@@ -7,7 +7,8 @@ One module per analysis family; every function takes numpy arrays or torch tenso
 - :mod:`.precision_recall` — single-filter AP and PR curves (Sec. 4.1, Fig. 3)
 - :mod:`.svm_ranking` — SVM filter ranking, nested subsets, layer mAP (Sec. 4.2,
   Fig. 4, Table 5, Tables 1-4/7 evaluation), grandmother-cell candidates
-- :mod:`.streamed_svm` — layer mAP from products accumulated over row blocks (bounded memory)
+- :mod:`.streamed_svm` — layer mAP, ablations and filter ranking from products accumulated over row
+  blocks (bounded memory)
 - :mod:`.sharded` — the reducers above over shards or row blocks (bounded memory)
 - :mod:`.overlap` — top-k filter set overlap (Fig. 5)
 - :mod:`.sparsity` — non-zero fractions (Table 6)
@@ -31,7 +32,7 @@ from core.analysis.sparsity import (class_nonzero_fraction, nonzero_fraction, sp
 from core.analysis.sharded import *  # noqa: F401,F403  (shard-reducing twins)
 from core.analysis.sharded import __all__ as _SHARDED
 from core.analysis.streamed_svm import (CountSketch, ablation_study_streamed, array_source,
-                                        linear_map_streamed, sketch_dim)
+                                        filter_ranking_streamed, linear_map_streamed, sketch_dim)
 from core.analysis.svm_ranking import (PAPER_K, FilterRankingResult, LinearMapResult,
                                        SVMConfig, filters_needed, grandmother_cells, linear_map,
                                        paper_k_values, random_subset_ap, single_ap_ranking,
@@ -47,7 +48,8 @@ __all__ = [
     "svm_filter_ranking", "subset_ap", "single_ap_ranking", "random_subset_ap",
     "filters_needed", "linear_map", "grandmother_cells",
     # the same linear classifiers on layers read in row blocks (Tables 1-4 at the paper's scale)
-    "CountSketch", "sketch_dim", "linear_map_streamed", "ablation_study_streamed", "array_source",
+    "CountSketch", "sketch_dim", "linear_map_streamed", "ablation_study_streamed", "filter_ranking_streamed",
+    "array_source",
     # overlap (Fig. 5)
     "topk_sets", "topk_overlap", "shared_filters", "overlap_chance",
     # sparsity (Table 6)

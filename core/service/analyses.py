@@ -42,10 +42,16 @@ def _fits(*feats: LayerFeatures, held: str = "reduce") -> bool:
     return sum(int(np.prod(f.shape)) for f in feats) * _HELD[held] <= memory_budget()
 
 
+#: A row block holds at most this share of the budget in stored float16 values, so that its float32 and
+#: float64 working copies (a few at once) stay within a third of it. Measured on the fraction-0.4
+#: benchmark (conv3 ablation, 1 GiB): a 64th (33 MB float32 copies) peaked at 1,663 MiB anonymous
+#: memory, a 128th at 1,259 MiB in the same time (docs/scale.md).
+_BLOCK_SHARE = 128
+
+
 def _blocks(f: LayerFeatures) -> list:
-    """The layer's row blocks for the streaming reducers: a 64th of the budget of stored float16 each,
-    so that a block's float64 working copies (a few of them at once) stay within a third of it."""
-    return analysis.row_blocks(f, max(1, memory_budget() // 64))
+    """The layer's row blocks for the streaming reducers (:data:`_BLOCK_SHARE`)."""
+    return analysis.row_blocks(f, max(1, memory_budget() // _BLOCK_SHARE))
 
 
 def _rows_source(f: LayerFeatures) -> analysis.RowSource:
@@ -218,21 +224,52 @@ class RankingRequest:
     model: str
     task: str
     layer: str
+    classifier: str = "svm"   # "svm": the paper's hinge loss; "lssvm, streamed": over the budget
+
+
+#: The paper's hinge-loss ranking holds the pooled train and test rows several times over: float64
+#: copies, standardised copies and liblinear's own copy (16 bytes a value); bytes per pooled value.
+_HINGE_HELD = 64
+
+
+def _pooled_rows(f: LayerFeatures) -> analysis.RowSource:
+    """A layer's spatially max-pooled rows as a stream: the maxima stored beside a conv map (``[N, C]``,
+    small) or a vector layer's own row blocks."""
+    if len(f.shape) == 2:
+        return _rows_source(f)
+    maxima = f.maxima()
+    return analysis.array_source(maxima, max(1, memory_budget() // _BLOCK_SHARE // max(1, maxima[:1].nbytes)))
 
 
 def svm_ranking(model_id: str, task_id: str, layer: str, progress: Progress | None = None):
-    """Sec. 4.2 / Fig. 4 / Table 5: SVM-ranked filters and AP of nested top-k subsets."""
+    """Sec. 4.2 / Fig. 4 / Table 5: SVM-ranked filters and AP of nested top-k subsets.
+
+    The paper's hinge-loss SVMs when the pooled train and test rows fit ``FILTERSCOPE_MEMORY_GB`` in
+    the solver's copies; else least-squares SVMs from products accumulated over row blocks
+    (:func:`core.analysis.filter_ranking_streamed`), said in the provenance's ``classifier``."""
     t = task(task_id)
-    xtr, fp_tr = pooled(model_id, t.train, layer, progress)
-    xte, fp_te = pooled(model_id, t.test, layer, progress)
+    ftr = features(model_id, t.train, layer, progress=progress)
+    fte = features(model_id, t.test, layer, progress=progress)
+    hinge = (ftr.shape[0] + fte.shape[0]) * ftr.shape[1] * _HINGE_HELD <= memory_budget()
+    classifier = "svm" if hinge else "lssvm, streamed"
 
     def compute():
         tr, te = load_set(t.train), load_set(t.test)
-        res = analysis.svm_filter_ranking(xtr, tr.labels, xte, te.labels, num_classes=tr.num_classes)
+        if hinge:
+            xtr, xte = pooled(model_id, t.train, layer, progress)[0], pooled(model_id, t.test, layer, progress)[0]
+            res = analysis.svm_filter_ranking(xtr, tr.labels, xte, te.labels, num_classes=tr.num_classes)
+            how = "hinge-loss linear SVM (LinearSVC), C by validation AP"
+        else:
+            res = analysis.filter_ranking_streamed(_pooled_rows(ftr), tr.labels, _pooled_rows(fte), te.labels,
+                                                   num_classes=tr.num_classes, config=TABLE_CLASSIFIER)
+            how = ("least-squares SVM from products accumulated over row blocks, 1/lambda by validation AP "
+                   "(the pooled rows exceed FILTERSCOPE_MEMORY_GB for the paper's hinge-loss solver)")
         return {"result": res, "class_names": tr.class_names,
-                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, {"pooling": "spatial max"})}
+                "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer,
+                                    {"pooling": "spatial max", "classifier": how})}
 
-    return _cached(RankingRequest(model_id, task_id, layer), [fp_tr, fp_te], compute, progress)
+    return _cached(RankingRequest(model_id, task_id, layer, classifier), [ftr.fingerprint, fte.fingerprint],
+                   compute, progress)
 
 
 @dataclass

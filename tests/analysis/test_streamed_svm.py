@@ -101,10 +101,25 @@ def test_sketched_classifier_stays_close_on_separable_data():
     assert sketched.map > exact.map - 0.1
 
 
-def test_sketch_dim_keeps_four_products_inside_a_third_of_the_budget():
+def test_sketch_dim_keeps_three_products_inside_three_eighths_of_the_budget():
     for budget in (2**26, 2**30, 3 * 2**30):
         k = sketch_dim(budget)
-        assert 4 * k * k * 8 <= budget / 3 < 4 * (k + 1) ** 2 * 8
+        assert 3 * k * k * 8 <= budget * 3 / 8 < 3 * (k + 1) ** 2 * 8
+    assert sketch_dim(2**30) == 4096     # AlexNet's fc layers are exact at the default budget
+
+
+def test_product_groups_share_a_read_within_the_budgeted_products():
+    from core.analysis.streamed_svm import _product_groups
+
+    class P:   # only the widths matter
+        def __init__(self, k, max_dim):
+            self.std, self.max_dim = type("S", (), {"dim": k})(), max_dim
+    wide, narrow = [P(100, 100) for _ in range(3)], [P(20, None) for _ in range(3)]
+    groups = _product_groups(wide[:2] + narrow)
+    # a 100-wide problem uses 2 + 1 of its three 100 x 100 products: alone; the 20-wide ones share a read
+    assert [len(g) for g in groups] == [1, 1, 3]
+    for g in groups:
+        assert sum(2 * p.std.dim ** 2 for p in g) + max(p.std.dim for p in g) ** 2 <= 3 * 100 ** 2
 
 
 def test_bad_streams_are_input_errors():
@@ -117,3 +132,80 @@ def test_bad_streams_are_input_errors():
         linear_map_streamed(array_source(xtr, 8), ytr, array_source(bad, 8), yte, config=LSSVM)
     with pytest.raises(InputError, match="max_dim"):
         linear_map_streamed(array_source(xtr, 8), ytr, array_source(xte, 8), yte, config=LSSVM, max_dim=0)
+
+
+def _ridge_ranking_reference(xtr, ytr, xte, yte, classes, ks, cfg):
+    """Sec. 4.2 with least-squares SVMs, written from the formulas in float64 numpy: standardise on the
+    training rows, ridge with an unpenalised intercept (centred rows), lambda per class by validation AP
+    on the given split, refit on every training row, rank by |w|, refit on each top-k subset."""
+    from sklearn.metrics import average_precision_score
+
+    from core.analysis.svm_ranking import _val_split
+
+    ptr = ytr if ytr.ndim == 2 else np.eye(classes, dtype=bool)[ytr]
+    pte = yte if yte.ndim == 2 else np.eye(classes, dtype=bool)[yte]
+    xtr, xte = xtr.astype(np.float64), xte.astype(np.float64)
+    mean, std = xtr.mean(0), xtr.std(0)
+    std[std == 0] = 1.0
+    ztr, zte = (xtr - mean) / std, (xte - mean) / std
+    fit, val = _val_split(ptr, ytr if ytr.ndim == 1 else None, cfg)
+    lambdas = [q * (ztr ** 2).sum() / len(ztr) for q in cfg.ridge_grid]
+
+    def ridge(z, y, lam):
+        zm, ym = z.mean(0), y.mean()
+        w = np.linalg.solve((z - zm).T @ (z - zm) + lam * np.eye(z.shape[1]), (z - zm).T @ (y - ym))
+        return w, ym - zm @ w
+
+    out = {"ranking": [], "weights": [], "ap": [], "lam": []}
+    for cl in range(classes):
+        y = ptr[:, cl] * 2.0 - 1
+        aps = []
+        for lam in lambdas:
+            w, b = ridge(ztr[fit], y[fit], lam)
+            aps.append(average_precision_score(ptr[val, cl], ztr[val] @ w + b))
+        lam = lambdas[int(np.argmax(aps))]
+        w, _ = ridge(ztr, y, lam)
+        order = np.argsort(-np.abs(w), kind="stable")
+        row = []
+        for k in ks:
+            cols = np.sort(order[:k])
+            wk, bk = ridge(ztr[:, cols], y, lam)
+            row.append(average_precision_score(pte[:, cl], zte[:, cols] @ wk + bk))
+        out["ranking"].append(order)
+        out["weights"].append(w)
+        out["ap"].append(row)
+        out["lam"].append(lam)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_filter_ranking_streamed_equals_the_formulas(multilabel):
+    from core.analysis.streamed_svm import filter_ranking_streamed
+
+    xtr, ytr, xte, yte = _data(160, 90, (14,), 3, 5, multilabel)
+    xtr[:, 2] = 0.0      # a dead filter: constant, std 1, weight 0
+    ks = (1, 2, 3, 5, 10)
+    got = filter_ranking_streamed(array_source(xtr, 13), ytr, array_source(xte, 8), yte, num_classes=3,
+                                  k_values=ks, config=LSSVM)
+    ref = _ridge_ranking_reference(xtr, ytr, xte, yte, 3, (1, 2, 3, 5, 10, 14), LSSVM)
+    np.testing.assert_array_equal(got.k_values, [1, 2, 3, 5, 10, 14])
+    np.testing.assert_allclose(got.weights, ref["weights"], atol=1e-10)
+    np.testing.assert_array_equal(got.ranking[:, :10], ref["ranking"][:, :10])  # the dead filter ties last
+    np.testing.assert_allclose(got.ap_by_k, ref["ap"], atol=1e-9)
+    np.testing.assert_allclose(got.full_ap, ref["ap"][:, -1], atol=1e-9)
+    np.testing.assert_allclose(got.c_values, 1 / ref["lam"], rtol=1e-6)
+
+
+def test_filter_ranking_streamed_finds_the_informative_filters():
+    """A known answer: only filters 4 and 9 carry class 1; they rank first for it."""
+    from core.analysis.streamed_svm import filter_ranking_streamed
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    x = rng.random((400, 16)).astype(np.float32)
+    x[:, 4] += 1.5 * y
+    x[:, 9] -= 1.5 * y
+    res = filter_ranking_streamed(array_source(x[:300], 64), y[:300], array_source(x[300:], 64), y[300:],
+                                  num_classes=2, k_values=(1, 2, 16), config=LSSVM)
+    assert set(res.ranking[1, :2]) == {4, 9}
+    assert res.ap_by_k[1, 1] > 0.95 and res.ap_by_k[1, 1] >= res.ap_by_k[1, 0]

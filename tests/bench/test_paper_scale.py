@@ -103,6 +103,7 @@ def test_paper_scale_cli_rejects_bad_arguments(capsys, tmp_cache):
                          (["--paper-scale", "--fraction", "2"], "outside (0, 1]"),
                          (["--paper-scale", "--fraction", "lots"], "not a number"),
                          (["--fraction", "0.1"], "only with --paper-scale"),
+                         (["--keep-cache"], "--keep-cache: only with --paper-scale"),
                          (["--paper-scale", "--quick"], "two different benchmarks"),
                          (["--paper-scale", "--fraction", "0.01", "--weights", "/no/such.pth"], "no such file")):
         assert main(["bench", *argv]) == 2

@@ -72,6 +72,32 @@ def test_a_layer_wider_than_the_budget_is_sketched_and_says_so(monkeypatch):
     assert ab["provenance"].params["count sketch"] == k
 
 
+@pytest.mark.usefixtures("demo_env", "uncached")
+def test_filters_needed_over_budget_ranks_by_streamed_least_squares(monkeypatch):
+    """Fig. 4 when the pooled rows are too large for the hinge-loss solver: least-squares SVMs over row
+    blocks, said in the provenance, equal to the analysis function on the pooled arrays (which
+    tests/analysis/test_streamed_svm.py holds to the formulas); within the budget, the paper's SVMs."""
+    from core.service import catalog
+    from core.service.feature_store import pooled
+
+    t = catalog.task(TASK)
+    tr, te = catalog.load_set(t.train), catalog.load_set(t.test)
+    for layer in ("conv5", "fc7"):
+        hinge = analyses.filters_needed(FT, TASK, layer)
+        assert hinge.provenance.params["classifier"].startswith("hinge-loss")
+        got = _streamed(monkeypatch, analyses.filters_needed, FT, TASK, layer)
+        assert got.provenance.params["classifier"].startswith("least-squares SVM")
+        xtr, xte = pooled(FT, t.train, layer)[0], pooled(FT, t.test, layer)[0]
+        ref = analysis.filter_ranking_streamed(analysis.array_source(xtr, 10**6), tr.labels,
+                                               analysis.array_source(xte, 10**6), te.labels,
+                                               num_classes=tr.num_classes, config=analyses.TABLE_CLASSIFIER)
+        np.testing.assert_allclose(got.ranking.ap_by_k, ref.ap_by_k, atol=1e-6)
+        np.testing.assert_allclose(got.ranking.weights, ref.weights, atol=1e-4)
+        np.testing.assert_array_equal(got.k50, analysis.filters_needed(ref.k_values, ref.ap_by_k, ref.full_ap, 0.5))
+        ov = _streamed(monkeypatch, analyses.overlap, FT, TASK, layer)
+        np.testing.assert_allclose(ov.matrix, analysis.topk_overlap(np.abs(ref.weights), ov.k), atol=1e-12)
+
+
 def test_memory_budget_setting(monkeypatch):
     from core.config import memory_budget
     from core.errors import InputError
