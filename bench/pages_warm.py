@@ -6,7 +6,11 @@ new page is timed without touching this file. Each page is rendered once to warm
 cache it uses (the first render may compute), then ``repeats`` more times; the reported
 number is the median of those warm renders: server-side script time, everything cached.
 
-Usage: python bench/pages_warm.py [budget_s|none] [repeats]
+Usage: python bench/pages_warm.py [budget_s|none] [repeats] [key=value ...]
+
+``key=value``: sidebar choices as URL parameters (``model=tv:alexnet task=voc07-det-gt`` on the
+paper-scale benchmark's store, kept with ``--keep-cache``: set ``FILTERSCOPE_CACHE`` and
+``FILTERSCOPE_VOC`` to its run-cache and root); without them the embedded demo.
 """
 from __future__ import annotations
 
@@ -44,16 +48,18 @@ def _time_page(at, rel: str, repeats: int) -> tuple[float | None, list[str]]:
     return (None if failed else round(statistics.median(times), 1)), [f"{rel}: {m[:200]}" for m in failed]
 
 
-def main(budget_s: float | None, repeats: int = 3) -> dict:
+def main(budget_s: float | None, repeats: int = 3, params: dict[str, str] | None = None) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from core.demo import build as demo
 
-    if not demo.is_built():
+    if not params and not demo.is_built():
         return {"skip": "demo not built: run python -m core demo"}
     pages = navigation_pages()
     t_start = time.perf_counter()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=3600)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
     at.run()
     out, errors = {}, []
     for rel in pages:
@@ -67,9 +73,11 @@ def main(budget_s: float | None, repeats: int = 3) -> dict:
             continue
         out[rel], failed = _time_page(at, rel, repeats)
         errors += failed
-    return {"pages": out, "errors": errors, "repeats": repeats, "load_avg": list(os.getloadavg())}
+    return {"pages": out, "errors": errors, "repeats": repeats, "params": params or {},
+            "load_avg": list(os.getloadavg())}
 
 
 if __name__ == "__main__":
     budget = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "none" else None
-    print(json.dumps(main(budget, int(sys.argv[2]) if len(sys.argv) > 2 else 3)))
+    given = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
+    print(json.dumps(main(budget, int(sys.argv[2]) if len(sys.argv) > 2 else 3, given)))

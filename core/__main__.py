@@ -257,11 +257,19 @@ def _paper_scale(args: argparse.Namespace) -> int:
 
     if args.quick:
         raise InputError("--quick and --paper-scale are two different benchmarks; give one of them")
-    fraction = paper_scale.check_fraction(1.0 if args.fraction is None else args.fraction)
+    given = "1" if args.fraction is None else str(args.fraction)
+    fractions = [paper_scale.check_fraction(f.strip()) for f in given.split(",")]
+    if len(fractions) > 1 and len(set(fractions)) < 2:
+        raise InputError(f"--fraction {given}: give two different fractions for the scaling, e.g. 0.4,1")
     out = Path(args.json) if args.json else paper_scale.DEFAULT_JSON
-    result = paper_scale.run(fraction, weights=args.weights, root=args.root, keep_cache=args.keep_cache,
-                             say=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(paper_scale.format_paper_table(result))
+    runs = [paper_scale.run(f, weights=args.weights, root=args.root, keep_cache=args.keep_cache,
+                            say=lambda msg: print(msg, file=sys.stderr, flush=True)) for f in fractions]
+    if len(runs) > 1:   # one record: every run and the time / memory scaling between the extremes
+        result = paper_scale.scaling(runs)
+        print(paper_scale.format_scaling(result))
+    else:
+        result = runs[0]
+        print(paper_scale.format_paper_table(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
@@ -374,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="every analysis of every AlexNet layer on a synthetic PASCAL VOC 2007-sized tree, each stage "
                         "in its own process: wall time and peak RSS per stage")
     p.add_argument("--fraction", default=None, help="--paper-scale: fraction of VOC 2007's size in (0, 1] "
-                                                     "(default 1: 5,011 trainval + 4,952 test images)")
+                                                     "(default 1: 5,011 trainval + 4,952 test images); several, "
+                                                     "comma-separated (0.4,1): one run each, in order, and the "
+                                                     "time and memory scaling between the smallest and the largest")
     p.add_argument("--weights", default=None, help="--paper-scale: AlexNet state dict (default: seeded random init)")
     p.add_argument("--root", default=None, help="--paper-scale: folder of the generated tree "
                                                  "(default <cache>/paper_scale; reused when it matches)")

@@ -438,6 +438,19 @@ def _chain(train: RowSource, n_train: int, test: RowSource, n_test: int) -> RowS
     return lambda: itertools.chain(part(train, n_train, "train rows"), part(test, n_test, "test rows"))
 
 
+def _labels(train_y: Any, test_y: Any, num_classes: int | None,
+            config: SVMConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Positives ``[N, C]`` of the train and test rows, and the fit / validation split of the train rows
+    (stratified when every row has one label), as :func:`linear_map` draws them."""
+    c = _num_classes(train_y, test_y, num_classes)
+    n_tr, n_te = len(as_torch(train_y)), len(as_torch(test_y))
+    p_tr = positives_matrix(train_y, n_tr, c, torch.device("cpu")).numpy()
+    p_te = positives_matrix(test_y, n_te, c, torch.device("cpu")).numpy()
+    single = p_tr.argmax(1) if bool((p_tr.sum(1) == 1).all()) else None
+    fit, val = _val_split(p_tr, single, config)
+    return p_tr, p_te, fit, val
+
+
 def linear_map_streamed(train: RowSource, train_y: Any, test: RowSource, test_y: Any, *,
                         num_classes: int | None = None, config: SVMConfig = SVMConfig(method="lssvm"),
                         max_dim: int | None = None) -> LinearMapResult:
@@ -466,12 +479,8 @@ def linear_map_streamed(train: RowSource, train_y: Any, test: RowSource, test_y:
     """
     if max_dim is not None and max_dim < 1:
         raise InputError(f"max_dim must be >= 1 or None, got {max_dim}")
-    c = _num_classes(train_y, test_y, num_classes)
-    n_tr, n_te = len(as_torch(train_y)), len(as_torch(test_y))
-    p_tr = positives_matrix(train_y, n_tr, c, torch.device("cpu")).numpy()
-    p_te = positives_matrix(test_y, n_te, c, torch.device("cpu")).numpy()
-    single = p_tr.argmax(1) if bool((p_tr.sum(1) == 1).all()) else None
-    fit, val = _val_split(p_tr, single, config)
+    p_tr, p_te, fit, val = _labels(train_y, test_y, num_classes, config)
+    n_tr, n_te = len(p_tr), len(p_te)
     problem = _Problem("flat", _flat, fit, val, n_tr + np.arange(n_te), config, max_dim, n_tr + n_te)
     return _solve_problems(_chain(train, n_tr, test, n_te), n_tr + n_te, [problem],
                            np.concatenate([p_tr, p_te]))[0]
@@ -510,12 +519,8 @@ def filter_ranking_streamed(train: RowSource, train_y: Any, test: RowSource, tes
     FilterRankingResult
         ``c_values`` holds ``1 / lambda`` of the chosen regulariser.
     """
-    c = _num_classes(train_y, test_y, num_classes)
-    n_tr, n_te = len(as_torch(train_y)), len(as_torch(test_y))
-    p_tr = positives_matrix(train_y, n_tr, c, torch.device("cpu")).numpy()
-    p_te = positives_matrix(test_y, n_te, c, torch.device("cpu")).numpy()
-    single = p_tr.argmax(1) if bool((p_tr.sum(1) == 1).all()) else None
-    fit, val = _val_split(p_tr, single, config)
+    p_tr, p_te, fit, val = _labels(train_y, test_y, num_classes, config)
+    c, n_tr, n_te = p_tr.shape[1], len(p_tr), len(p_te)
     problem = _Problem("flat64", _flat64, fit, val, np.zeros(0, dtype=np.int64), config, None, n_tr)
     y = torch.from_numpy(p_tr.astype(np.float64) * 2 - 1)
     _column_stats(train, n_tr, [problem])

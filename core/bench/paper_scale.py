@@ -77,6 +77,9 @@ TASK = "voc07-det-gt"
 TARGET_PEAK_RSS_MIB = 2048.0
 #: The real extraction path's throughput over the bare forward's on the same crops (#30).
 TARGET_EXTRACTION_RATIO = 0.8
+#: Analysis time may grow at most this much faster than the data between two fractions (#30: fraction 1
+#: within 2.6 x fraction 0.4, i.e. 1.04 x the data ratio of 2.5).
+TARGET_TIME_SLOPE = 1.04
 DEFAULT_JSON = ROOT / "bench" / "paper_scale.json"
 
 
@@ -634,6 +637,61 @@ def _summarise(result: dict) -> None:
         "pass": None if value is None else value >= TARGET_EXTRACTION_RATIO}
 
 
+def scaling(results: Sequence[dict]) -> dict:
+    """Runs at several fractions as one record: the runs, smallest fraction first, and how the smallest and
+    the largest compare: analysis time (every stage after extraction, each in its own process) against
+    the data, and the peak RSS of each (flat in the data: every stage of both within the target).
+
+    The time target is ``TARGET_TIME_SLOPE`` x the ratio of the fractions (#30: fraction 1 within 2.6 x
+    fraction 0.4)."""
+    from core.errors import InputError
+
+    runs = sorted(results, key=lambda r: r["fraction"])
+    if len(runs) < 2 or runs[0]["fraction"] == runs[-1]["fraction"]:
+        raise InputError("the scaling needs runs at two different fractions, e.g. --fraction 0.4,1")
+    small, large = runs[0], runs[-1]
+    crops = [sum(r["splits"][s]["crops"] for s in ("trainval", "test")) for r in (small, large)]
+    data_ratio = large["fraction"] / small["fraction"]
+    time_ratio = large["analysis_s"] / small["analysis_s"] if small["analysis_s"] else None
+    bound = TARGET_TIME_SLOPE * data_ratio
+    complete = not small["failed_stages"] and not large["failed_stages"]
+    peaks = [r["max_peak_rss_mib"] for r in (small, large)]
+    return {
+        "kind": "paper-scale scaling", "runs": runs,
+        "fractions": [small["fraction"], large["fraction"]], "crops": crops,
+        "data_ratio": round(data_ratio, 4), "crops_ratio": round(crops[1] / crops[0], 4),
+        "analysis_s": [small["analysis_s"], large["analysis_s"]],
+        "time_ratio": None if time_ratio is None else round(time_ratio, 4),
+        "process_time_ratio": (round(large["analysis_process_s"] / small["analysis_process_s"], 4)
+                               if small["analysis_process_s"] else None),
+        "max_peak_rss_mib": peaks,
+        "targets": {
+            "time_ratio": {"value": None if time_ratio is None else round(time_ratio, 4),
+                           "target": f"<= {bound:.2f} ({TARGET_TIME_SLOPE:g} x the data ratio {data_ratio:.2f})",
+                           "pass": None if time_ratio is None or not complete else time_ratio <= bound},
+            "max_peak_rss_mib": {"value": max(p for p in peaks if p is not None) if any(peaks) else None,
+                                 "target": f"<= {TARGET_PEAK_RSS_MIB:g} at every fraction",
+                                 "pass": None if None in peaks else all(p <= TARGET_PEAK_RSS_MIB for p in peaks)},
+        },
+        "complete": complete,
+    }
+
+
+def format_scaling(record: dict) -> str:
+    """Markdown: each run's table (:func:`format_paper_table`), then the scaling line."""
+    parts = [format_paper_table(r) for r in record["runs"]]
+    t = record["targets"]
+    mark = {True: "PASS", False: "FAIL", None: "n/a"}
+    parts.append(
+        f"Scaling, fraction {record['fractions'][0]:g} -> {record['fractions'][1]:g} (data x{record['data_ratio']:g}, "
+        f"crops x{record['crops_ratio']:g}): analysis time {record['analysis_s'][0]:.0f} s -> "
+        f"{record['analysis_s'][1]:.0f} s, x{record['time_ratio']}, target {t['time_ratio']['target']}: "
+        f"{mark[t['time_ratio']['pass']]}; max peak RSS {record['max_peak_rss_mib'][0]} -> "
+        f"{record['max_peak_rss_mib'][1]} MiB, target {t['max_peak_rss_mib']['target']}: "
+        f"{mark[t['max_peak_rss_mib']['pass']]}" + ("" if record["complete"] else " (a run has failed stages)"))
+    return "\n\n".join(parts)
+
+
 # =========================================================================== table
 def _cell(s: dict | None) -> str:
     if s is None:
@@ -704,5 +762,5 @@ def format_paper_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["generate", "run", "format_paper_table", "stage_plan", "split_sizes", "check_fraction", "image_spec",
-           "draw_image", "voc_xml", "LAYERS", "ANALYSES", "TASK", "TARGET_PEAK_RSS_MIB", "TARGET_EXTRACTION_RATIO", "DEFAULT_JSON"]
+__all__ = ["generate", "run", "format_paper_table", "scaling", "format_scaling", "stage_plan", "split_sizes", "check_fraction", "image_spec",
+           "draw_image", "voc_xml", "LAYERS", "ANALYSES", "TASK", "TARGET_PEAK_RSS_MIB", "TARGET_EXTRACTION_RATIO", "TARGET_TIME_SLOPE", "DEFAULT_JSON"]

@@ -94,6 +94,10 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     assert not (tmp_path / "ps" / "run-cache").exists()                            # features removed after the run
     table = paper_scale.format_paper_table(r)
     assert "| conv5 |" in table and "top_activations" in table and "FAIL" in table and "conv9" in table
+    twice = {**r, "fraction": 0.008, "analysis_s": 2 * r["analysis_s"]}          # the same run, as if at 2x
+    text = paper_scale.format_scaling(paper_scale.scaling([r, twice]))
+    assert text.count("| conv5 |") == 2 and "Scaling, fraction 0.004 -> 0.008 (data x2" in text
+    assert "x2.0, target <= 2.08" in text and "(a run has failed stages)" in text and "n/a" in text
 
 
 def test_paper_scale_cli_rejects_bad_arguments(capsys, tmp_cache):
@@ -106,5 +110,43 @@ def test_paper_scale_cli_rejects_bad_arguments(capsys, tmp_cache):
                          (["--keep-cache"], "--keep-cache: only with --paper-scale"),
                          (["--paper-scale", "--quick"], "two different benchmarks"),
                          (["--paper-scale", "--fraction", "0.01", "--weights", "/no/such.pth"], "no such file")):
+        assert main(["bench", *argv]) == 2
+        assert needle in capsys.readouterr().err
+
+
+def _run(fraction, crops, analysis_s, peak, failed=0):
+    """The fields of a run record that the scaling reads."""
+    return {"fraction": fraction, "splits": {"trainval": {"crops": crops[0]}, "test": {"crops": crops[1]}},
+            "analysis_s": analysis_s, "analysis_process_s": analysis_s + 100.0, "failed_stages": failed,
+            "max_peak_rss_mib": peak}
+
+
+def test_scaling_holds_time_to_the_data_ratio_and_memory_to_the_target():
+    from core.bench import paper_scale
+    from core.errors import InputError
+
+    big, small = _run(1.0, (12000, 11900), 2500.0, 1900.0), _run(0.4, (4800, 4760), 1000.0, 1800.0)
+    r = paper_scale.scaling([big, small])                       # any order: smallest fraction first
+    assert [x["fraction"] for x in r["runs"]] == [0.4, 1.0] and r["fractions"] == [0.4, 1.0]
+    assert r["data_ratio"] == 2.5 and r["crops_ratio"] == round(23900 / 9560, 4)
+    assert r["time_ratio"] == 2.5 and r["process_time_ratio"] == round(2600 / 1100, 4)
+    assert r["targets"]["time_ratio"]["pass"] is True and "2.60" in r["targets"]["time_ratio"]["target"]
+    assert r["targets"]["max_peak_rss_mib"] == {"value": 1900.0, "target": "<= 2048 at every fraction", "pass": True}
+    slow = paper_scale.scaling([small, _run(1.0, (12000, 11900), 2601.0, 1900.0)])      # 2.601 > 1.04 x 2.5
+    assert slow["targets"]["time_ratio"]["pass"] is False
+    fat = paper_scale.scaling([small, _run(1.0, (12000, 11900), 2000.0, 2049.0)])
+    assert fat["targets"]["max_peak_rss_mib"]["pass"] is False and fat["targets"]["time_ratio"]["pass"] is True
+    broken = paper_scale.scaling([small, _run(1.0, (12000, 11900), 900.0, 1900.0, failed=2)])
+    assert broken["complete"] is False and broken["targets"]["time_ratio"]["pass"] is None   # not a pass
+    with pytest.raises(InputError, match="two different fractions"):
+        paper_scale.scaling([small, small])
+
+
+def test_paper_scale_cli_rejects_bad_fraction_lists(capsys, tmp_cache):
+    from core.__main__ import main
+
+    for argv, needle in ((["--paper-scale", "--fraction", "0.4,0.4"], "two different fractions"),
+                         (["--paper-scale", "--fraction", "0.4,lots"], "not a number"),
+                         (["--paper-scale", "--fraction", "0.4,3"], "outside (0, 1]")):
         assert main(["bench", *argv]) == 2
         assert needle in capsys.readouterr().err
