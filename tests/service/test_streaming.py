@@ -98,6 +98,19 @@ def test_filters_needed_over_budget_ranks_by_streamed_least_squares(monkeypatch)
         np.testing.assert_allclose(ov.matrix, analysis.topk_overlap(np.abs(ref.weights), ov.k), atol=1e-12)
 
 
+@pytest.mark.usefixtures("demo_env")
+def test_the_demo_layers_are_held_whole_at_the_default_budget(monkeypatch):
+    """Streaming never changes the demo's numbers: at 1 GiB every demo layer fits even the ablations'
+    in-memory working copies (the largest estimate), on both splits together."""
+    from core.service import catalog
+    from core.service.feature_store import features
+
+    monkeypatch.delenv("FILTERSCOPE_MEMORY_GB", raising=False)
+    t = catalog.task(TASK)
+    for layer in catalog.layers_of(FT):
+        assert analyses._fits(features(FT, t.train, layer), features(FT, t.test, layer), held="ablation"), layer
+
+
 def test_memory_budget_setting(monkeypatch):
     from core.config import memory_budget
     from core.errors import InputError
