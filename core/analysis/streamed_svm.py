@@ -75,10 +75,10 @@ class CountSketch:
         signs = torch.randint(2, (num_columns,), generator=g).to(torch.float64) * 2 - 1
         return cls(buckets, signs, int(dim))
 
-    def apply(self, z: torch.Tensor) -> torch.Tensor:
-        """``[n, D]`` -> ``[n, dim]``."""
-        out = torch.zeros(z.shape[0], self.dim, dtype=z.dtype)
-        return out.index_add_(1, self.buckets, z * self.signs.to(z.dtype))
+    def apply(self, z: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``[n, D]`` -> ``[n, dim]``; ``in_place``: ``z`` may be overwritten (no full-width copy)."""
+        signed = z.mul_(self.signs.to(z.dtype)) if in_place else z * self.signs.to(z.dtype)
+        return torch.zeros(z.shape[0], self.dim, dtype=z.dtype).index_add_(1, self.buckets, signed)
 
 
 #: A per-block feature transform ``(global start row, block [n_b, ...] float32) -> [n_b, D]``
@@ -127,10 +127,7 @@ class _Standardiser:
         """Standardised (and sketched) rows, in ``x``'s dtype; one full-width working copy, changed in place."""
         z = x - self.mean.to(x.dtype)
         z.div_(self.std.to(x.dtype))
-        if self.sketch is None:
-            return z
-        z.mul_(self.sketch.signs.to(x.dtype))
-        return torch.zeros(len(z), self.sketch.dim, dtype=z.dtype).index_add_(1, self.sketch.buckets, z)
+        return z if self.sketch is None else self.sketch.apply(z, in_place=True)
 
 
 #: Rows gathered before their products are taken: one rank-k update of at least this many rows
