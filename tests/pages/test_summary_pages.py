@@ -76,3 +76,16 @@ def test_training_dynamics_snapshots_and_regimes(demo_env):
     at.run()
     _no_errors(at)
     assert {f["layout"]["font"]["size"] for f in plotly_figures(at)} == {22}
+
+
+def test_warm_page_timer_refuses_a_choice_the_sidebar_ignores(demo_env):
+    """bench/pages_warm.py with a model the app does not list stops, instead of timing the default model."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("pages_warm", ROOT / "bench" / "pages_warm.py")
+    timer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timer)
+    out = timer.main(None, 1, {"model": "tv:not-registered"})
+    assert "pages" not in out and "tv:not-registered" in out["error"] and "FILTERSCOPE_MODELS" in out["error"]
