@@ -679,9 +679,43 @@ def scaling(results: Sequence[dict]) -> dict:
     }
 
 
+_TITLES = {"selectivity": "selectivity (Fig. 1)", "filter_ap": "single-filter AP (Fig. 3)",
+           "filters_needed": "filters needed (Fig. 4)", "overlap": "overlap (Fig. 5)",
+           "ablation": "ablations (Tables 7-8)", "layer_map": "layer mAP (Tables 1-4)",
+           "top_activations": "top activations", "sparsity": "sparsity (Table 6)", "cka": "layer x layer CKA"}
+
+
+def _total_cell(stages: Sequence[dict]) -> str:
+    if not stages:
+        return "-"
+    failed = sum(not s["ok"] for s in stages)
+    wall = sum(s["wall_s"] for s in stages if s["ok"])
+    return (f"{wall:,.0f} s · {max(s['peak_rss_mib'] for s in stages):,.0f} MiB"
+            + (f" ({failed} failed)" if failed else ""))
+
+
+def format_summary(record: dict) -> str:
+    """Markdown, short enough for the README: per stage kind, its wall time summed over every layer and
+    its largest peak RSS, at each fraction of a :func:`scaling` record."""
+    runs = record["runs"]
+    kinds = [("extraction, both splits", lambda s: s["name"].startswith("extract:"))]
+    kinds += [(_TITLES.get(a, a), lambda s, a=a: s["name"] == a) for a in (*ANALYSES, "sparsity", "cka")]
+    head = " | ".join(f"fraction {r['fraction']:g} ({sum(r['splits'][x]['crops'] for x in ('trainval', 'test')):,} crops)"
+                      for r in runs)
+    lines = [f"| stage, all layers | {head} |", "|---|" + "---:|" * len(runs)]
+    for name, pick in kinds:
+        cells = [_total_cell([s for s in r["stages"] if pick(s)]) for r in runs]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **analyses in all** · largest peak RSS of any stage | " + " | ".join(
+        f"**{r['analysis_s']:,.0f} s · {r['max_peak_rss_mib']:,.0f} MiB**" for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def format_scaling(record: dict) -> str:
-    """Markdown: each run's table (:func:`format_paper_table`), then the scaling line."""
-    parts = [format_paper_table(r) for r in record["runs"]]
+    """Markdown: the summary (:func:`format_summary`), each run's table (:func:`format_paper_table`),
+    then the scaling line."""
+    parts = [format_summary(record)] + [format_paper_table(r) for r in record["runs"]]
     t = record["targets"]
     mark = {True: "PASS", False: "FAIL", None: "n/a"}
     parts.append(
@@ -764,5 +798,5 @@ def format_paper_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["generate", "run", "format_paper_table", "scaling", "format_scaling", "stage_plan", "split_sizes", "check_fraction", "image_spec",
+__all__ = ["generate", "run", "format_paper_table", "scaling", "format_summary", "format_scaling", "stage_plan", "split_sizes", "check_fraction", "image_spec",
            "draw_image", "voc_xml", "LAYERS", "ANALYSES", "TASK", "TARGET_PEAK_RSS_MIB", "TARGET_EXTRACTION_RATIO", "TARGET_TIME_SLOPE", "DEFAULT_JSON"]

@@ -98,6 +98,17 @@ def test_paper_scale_run_tiny_records_stages_and_failures(tmp_path, tmp_cache):
     text = paper_scale.format_scaling(paper_scale.scaling([r, twice]))
     assert text.count("| conv5 |") == 2 and "Scaling, fraction 0.004 -> 0.008 (data x2" in text
     assert "x2.0, target <= 2.08" in text and "(a run has failed stages)" in text and "n/a" in text
+    summary = paper_scale.format_summary(paper_scale.scaling([r, twice])).splitlines()
+    crops = r["splits"]["test"]["crops"] + r["splits"]["trainval"]["crops"]
+    assert summary[0].endswith(f"| fraction 0.004 ({crops:,} crops) | fraction 0.008 ({crops:,} crops) |")
+    extract = next(line for line in summary if line.startswith("| extraction"))
+    wall = r["stages"][0]["wall_s"] + r["stages"][1]["wall_s"]
+    peak = max(r["stages"][0]["peak_rss_mib"], r["stages"][1]["peak_rss_mib"])
+    assert extract.count(f"| {wall:,.0f} s · {peak:,.0f} MiB") == 2
+    assert any(line.startswith("| selectivity") and line.endswith("(1 failed) |")
+               for line in summary)                                            # conv9's stage failed
+    assert not any(line.startswith("| ablations") for line in summary)         # no such stage ran
+    assert summary[-1].count(f"{r['max_peak_rss_mib']:,.0f} MiB") == 2
 
 
 def test_paper_scale_cli_rejects_bad_arguments(capsys, tmp_cache):
