@@ -72,10 +72,13 @@ class BufferPool:
 
     def take(self, shape: Sequence[int], dtype: torch.dtype,
              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        key = self._key(shape, dtype, memory_format)
         with self._lock:
-            free = self._free.get(self._key(shape, dtype, memory_format))
+            free = self._free.get(key)
             if free:
                 buf = free.pop()
+                if not free:  # no empty lists: give() evicts from the first key, which must hold one
+                    del self._free[key]
                 self.held -= buf.nbytes
                 return buf
         with torch.inference_mode(False):  # a normal tensor: an inference one is read-only outside that mode

@@ -163,6 +163,21 @@ def test_buffer_pool_hands_out_exclusive_buffers_and_keeps_a_bounded_few():
     made_inside.fill_(1.0)
 
 
+def test_buffer_pool_evicts_after_a_shape_was_taken_empty():
+    """A shape whose last free buffer was taken, then buffers over the limit given back: the eviction
+    drops the oldest kept buffers (it once met that shape's empty list and raised IndexError at the end
+    of a 15-minute extraction, losing it)."""
+    pool = extraction.BufferPool(limit=2 * 4096)
+    first = pool.take((2, 512), torch.float32)
+    pool.give(first)
+    assert pool.take((2, 512), torch.float32).data_ptr() == first.data_ptr()   # that shape: none free now
+    others = [pool.take((4, 512), torch.float32) for _ in range(3)]              # 8 KiB each
+    for x in others:
+        pool.give(x)
+    assert pool.held == 8192 and pool.take((4, 512), torch.float32).data_ptr() == others[-1].data_ptr()
+    assert pool.held == 0
+
+
 def test_concurrent_extractions_through_the_shared_pool_match_the_forward(tmp_path, tiny_images):
     """Two threads extracting two networks at once, twice each, through the process-wide
     buffer pool: every store equals that network's direct forward pass."""
