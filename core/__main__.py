@@ -13,13 +13,14 @@ from core.errors import FilterscopeError
 
 @contextmanager
 def tqdm_progress(desc: str = "") -> Iterator:
-    """A ``progress(done, total, message)`` callback drawing one tqdm bar per message prefix."""
+    """A ``progress(done, total, message)`` callback drawing one tqdm bar per message prefix (the text
+    before the first ": ", so that model ids such as ``tv:alexnet`` stay whole)."""
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
 
     def cb(done: int, total: int, message: str) -> None:
-        key = message.split(":")[0]
+        key = message.split(": ")[0]
         bar = bars.get(key)
         if bar is None:
             for b in bars.values():
@@ -28,7 +29,7 @@ def tqdm_progress(desc: str = "") -> Iterator:
             bar = bars[key] = tqdm(total=total, desc=key, unit="it", dynamic_ncols=True, file=sys.stderr)
         bar.total = total
         bar.n = done
-        bar.set_postfix_str(message[len(key) + 1:].strip()[:60], refresh=False)
+        bar.set_postfix_str(message[len(key) + 2:].strip()[:60], refresh=False)
         bar.refresh()
 
     try:

@@ -7,14 +7,15 @@ per-layer linear mAP (Tables 1-4). The numbers come from :mod:`core.analysis`.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from core import analysis
-from core.analysis.sharded import load_shard
+from core.analysis.sharded import load_shard, map_local
 from core.config import memory_budget
 from core.data.datasets import ImageSet
 from core.errors import InputError
@@ -55,10 +56,56 @@ def _blocks(f: LayerFeatures) -> list:
     return analysis.row_blocks(f, max(1, memory_budget() // _BLOCK_SHARE))
 
 
-def _rows_source(f: LayerFeatures) -> analysis.RowSource:
-    """The layer as a restartable stream of row blocks (:data:`core.analysis.RowSource`)."""
+#: ``report(pass, block, blocks)``: a block of a streamed layer was read (:func:`_reporter`).
+Report = Callable[[int, int, int], None]
+
+
+def _reporter(progress: Progress | None, what: str, label: str = "") -> Report | None:
+    """Progress of a streamed analysis, block by block: ``"streaming <what>: <label>pass k, block i/n"``,
+    one bar per pass over the layer (the app's status box, the CLI's bar); None without a callback."""
+    if progress is None:
+        return None
+    return lambda k, i, n: progress(i, n, f"streaming {what}: {label}pass {k}, block {i}/{n}")
+
+
+def _rows_source(f: LayerFeatures, report: Report | None = None) -> analysis.RowSource:
+    """The layer as a restartable stream of row blocks (:data:`core.analysis.RowSource`), each block
+    read told to ``report``."""
     blocks = _blocks(f)
-    return lambda: (load_shard(d) for _, d in blocks)
+    if report is None:
+        return lambda: (load_shard(d) for _, d in blocks)
+    passes = itertools.count(1)
+
+    def read():
+        k = None  # numbered once its first block is done: a look at the first block alone is no pass
+        for i, (_, d) in enumerate(blocks, 1):
+            yield load_shard(d)
+            k = k or next(passes)
+            report(k, i, len(blocks))
+
+    return read
+
+
+def _reporting_map(report: Report | None, blocks: list) -> Callable[..., list]:
+    """A ``map_shards`` for the shard reducers over ``blocks`` (:func:`_blocks`; mapped by
+    :func:`core.analysis.sharded.map_local`, in this process) that tells ``report`` of every block done.
+    The reducers map a pass in groups of blocks, so a pass is counted where the layer's first block is."""
+    if report is None:
+        return map_local
+    index = {start: i for i, (start, _) in enumerate(blocks, 1)}
+    k = 0
+
+    def run(fn: Callable[..., Any], specs: Sequence, *args: Any) -> list:
+        nonlocal k
+        out = []
+        for spec in specs:
+            i = index[spec[0]]
+            k += i == 1
+            out += map_local(fn, [spec], *args)
+            report(k, i, len(blocks))
+        return out
+
+    return run
 
 
 def _streaming_plan(ftr: LayerFeatures, fte: LayerFeatures, held: str) -> tuple[bool, int | None]:
@@ -129,9 +176,10 @@ def selectivity(model_id: str, task_id: str, layer: str, num_thresholds: int = 1
                                                num_thresholds=num_thresholds)
         else:
             blocks = _blocks(f)
-            a = analysis.aue_sharded(blocks, labels, data.num_classes, num_thresholds)
+            mapper = _reporting_map(_reporter(progress, f"selectivity {layer}"), blocks)
+            a = analysis.aue_sharded(blocks, labels, data.num_classes, num_thresholds, map_shards=mapper)
             base = analysis.shuffled_label_aue_sharded(blocks, labels, data.num_classes, range(shuffles),
-                                                       num_thresholds)
+                                                       num_thresholds, map_shards=mapper)
         frac, mean = analysis.selectivity_curve(a)
         base_curves = np.stack([analysis.selectivity_curve(b)[1] for b in base]) if len(base) else base
         return SelectivityResult(a, frac, mean, base_curves, data.class_names,
@@ -233,11 +281,11 @@ class RankingRequest:
 _HINGE_HELD = 64
 
 
-def _pooled_rows(f: LayerFeatures) -> analysis.RowSource:
+def _pooled_rows(f: LayerFeatures, report: Report | None = None) -> analysis.RowSource:
     """A layer's spatially max-pooled rows as a stream: the maxima stored beside a conv map (``[N, C]``,
-    small) or a vector layer's own row blocks."""
+    small, read at once) or a vector layer's own row blocks (each told to ``report``)."""
     if len(f.shape) == 2:
-        return _rows_source(f)
+        return _rows_source(f, report)
     maxima = f.maxima()
     return analysis.array_source(maxima, max(1, memory_budget() // _BLOCK_SHARE // max(1, maxima[:1].nbytes)))
 
@@ -261,7 +309,10 @@ def svm_ranking(model_id: str, task_id: str, layer: str, progress: Progress | No
             res = analysis.svm_filter_ranking(xtr, tr.labels, xte, te.labels, num_classes=tr.num_classes)
             how = "hinge-loss linear SVM (LinearSVC), C by validation AP"
         else:
-            res = analysis.filter_ranking_streamed(_pooled_rows(ftr), tr.labels, _pooled_rows(fte), te.labels,
+            res = analysis.filter_ranking_streamed(_pooled_rows(ftr, _reporter(progress, f"ranking {layer}", "train ")),
+                                                   tr.labels,
+                                                   _pooled_rows(fte, _reporter(progress, f"ranking {layer}", "test ")),
+                                                   te.labels,
                                                    num_classes=tr.num_classes, config=TABLE_CLASSIFIER)
             how = ("least-squares SVM from products accumulated over row blocks, 1/lambda by validation AP "
                    "(the pooled rows exceed FILTERSCOPE_MEMORY_GB for the paper's hinge-loss solver)")
@@ -361,11 +412,13 @@ def sparsity(model_id: str, task_id: str, layers: Sequence[str] | None = None,
         for l, f in feats.items():
             whole = _fits(f)
             x = f.array() if whole else _blocks(f)
-            if analysis.sparsity_meaningful(x) if whole else analysis.sparsity_meaningful_sharded(x):
-                s = analysis.sparsity_summary(x) if whole else analysis.sparsity_summary_sharded(x)
+            mapper = None if whole else _reporting_map(_reporter(progress, "sparsity", f"{l} "), x)
+            if analysis.sparsity_meaningful(x) if whole else analysis.sparsity_meaningful_sharded(x, map_shards=mapper):
+                s = analysis.sparsity_summary(x) if whole else analysis.sparsity_summary_sharded(x, map_shards=mapper)
                 rows.append({"layer": l, "mean": 100 * s["mean"], "std": 100 * s["std"], "meaningful": True})
                 per_class[l] = 100 * (analysis.class_nonzero_fraction(x, data.labels, data.num_classes) if whole
-                                      else analysis.class_nonzero_fraction_sharded(x, data.labels, data.num_classes))
+                                      else analysis.class_nonzero_fraction_sharded(x, data.labels, data.num_classes,
+                                                                                   map_shards=mapper))
             else:
                 rows.append({"layer": l, "mean": float("nan"), "std": float("nan"), "meaningful": False})
                 per_class[l] = np.full(data.num_classes, np.nan)
@@ -404,7 +457,10 @@ def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0,
                                           np.asarray(fte.array(), np.float32), te.labels,
                                           num_classes=tr.num_classes, seeds=tuple(seeds), config=TABLE_CLASSIFIER)
         else:
-            res = analysis.ablation_study_streamed(_rows_source(ftr), tr.labels, _rows_source(fte), te.labels,
+            res = analysis.ablation_study_streamed(_rows_source(ftr, _reporter(progress, f"ablation {layer}", "train ")),
+                                                   tr.labels,
+                                                   _rows_source(fte, _reporter(progress, f"ablation {layer}", "test ")),
+                                                   te.labels,
                                                    num_classes=tr.num_classes, seeds=tuple(seeds),
                                                    config=TABLE_CLASSIFIER, max_dim=sketch)
         params = {"seeds": list(seeds), **({"count sketch": sketch} if sketch else {})}
@@ -437,7 +493,10 @@ def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None
                                       np.asarray(fte.array(), np.float32), te.labels, num_classes=tr.num_classes,
                                       config=TABLE_CLASSIFIER)
         else:
-            res = analysis.linear_map_streamed(_rows_source(ftr), tr.labels, _rows_source(fte), te.labels,
+            res = analysis.linear_map_streamed(_rows_source(ftr, _reporter(progress, f"layer mAP {layer}", "train ")),
+                                               tr.labels,
+                                               _rows_source(fte, _reporter(progress, f"layer mAP {layer}", "test ")),
+                                               te.labels,
                                                num_classes=tr.num_classes, config=TABLE_CLASSIFIER, max_dim=sketch)
         return {"map": res.map, "ap": res.ap, "class_names": tr.class_names,
                 "columns": width if sketch is None else f"{width} count-sketched to {sketch}"}

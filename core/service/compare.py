@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 
 from core import analysis
-from core.analysis.sharded import load_shard
 from core.config import memory_budget
 from core.errors import DataMissingError, InputError
-from core.service.analyses import _blocks, filter_ap, selectivity
+from core.service.analyses import _blocks, _reporter, _rows_source, filter_ap, selectivity
 from core.hashing import code_version
 from core.service.catalog import (checkpoint_series, demo_variants, layers_of, load_model, model_info, model_label,
                                   task)
@@ -135,8 +134,9 @@ def cka_layers(model_a: str, model_b: str, task_id: str, *, pool: str = "flatten
             how = f"{'debiased' if debiased else 'biased'} (all {n} items)"
         else:
             b = _minibatch_size(fa + fb, n)
-            xs = [(load_shard(d) for _, d in _blocks(f)) for f in fa]
-            ys = [(load_shard(d) for _, d in _blocks(f)) for f in fb]
+            report = _reporter(progress, "CKA", f"{la[0]} ")       # the first layer's reads stand for all
+            xs = [_rows_source(f, report if i == 0 else None)() for i, f in enumerate(fa)]
+            ys = [_rows_source(f)() for f in fb]
             m = analysis.minibatch_cka_matrix(xs, ys, b, pool=p)
             how = f"minibatch debiased, {b} items a batch, {n // b} batches"
         return CKAResult(m, la, lb, pool, how, n,

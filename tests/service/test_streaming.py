@@ -98,6 +98,58 @@ def test_filters_needed_over_budget_ranks_by_streamed_least_squares(monkeypatch)
         np.testing.assert_allclose(ov.matrix, analysis.topk_overlap(np.abs(ref.weights), ov.k), atol=1e-12)
 
 
+def _passes(calls: list, prefix: str) -> dict:
+    """``{(label, pass): [block numbers]}`` of the progress messages starting ``prefix``, checking each
+    message's counts against its ``(done, total)``."""
+    import re
+
+    out: dict = {}
+    for done, total, msg in calls:
+        if msg.startswith(prefix):
+            m = re.fullmatch(re.escape(prefix) + r": (\w* ?)pass (\d+), block (\d+)/(\d+)", msg)
+            assert m and (int(m[3]), int(m[4])) == (done, total), msg
+            out.setdefault((m[1].strip(), int(m[2])), []).append((done, total))
+    return out
+
+
+@pytest.mark.usefixtures("demo_env", "uncached")
+def test_streamed_analyses_report_every_block_read(monkeypatch):
+    """A cold streamed analysis shows progress (#30): each pass over a layer reports blocks 1..n of that
+    layer's n row blocks, in order, and the numbers are those computed without a progress callback."""
+    from core.service import catalog, compare
+    from core.service.feature_store import features
+
+    t = catalog.task(TASK)
+    monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", str(BUDGET["conv5"] / 2**30))
+    blocks = {s: len(analyses._blocks(features(FT, getattr(t, s), "conv5"))) for s in ("train", "test")}
+    assert min(blocks.values()) > 4                                   # many blocks, so many reports
+    for fn, what, kw, reads in ((analyses.layer_map, "layer mAP conv5", {}, {"train": 3, "test": 1}),
+                                (analyses.ablation, "ablation conv5", {"seeds": (0,)}, {"train": 3, "test": 1}),
+                                (analyses.selectivity, "selectivity conv5", {}, {"": 2})):
+        calls: list = []
+        got = _streamed(monkeypatch, fn, FT, TASK, "conv5", progress=lambda *a: calls.append(a), **kw)
+        ref = _streamed(monkeypatch, fn, FT, TASK, "conv5", **kw)
+        passes = _passes(calls, f"streaming {what}")
+        for label, least in reads.items():
+            seen = sorted(k for lab, k in passes if lab == label)
+            assert len(seen) >= least and seen == list(range(1, len(seen) + 1)), (what, label, seen)
+        for (label, _), got_blocks in passes.items():
+            n = blocks[label or "test"]
+            assert got_blocks == [(i, n) for i in range(1, n + 1)], (what, label)
+        if isinstance(got, dict):
+            assert got.get("map") == ref.get("map") and got.get("summary") == ref.get("summary")
+        else:
+            np.testing.assert_array_equal(got.aue, ref.aue)
+    calls = []
+    _streamed(monkeypatch, analyses.sparsity, FT, TASK, ("conv5",), progress=lambda *a: calls.append(a))
+    assert _passes(calls, "streaming sparsity") and all(lab == "conv5" for lab, _ in _passes(calls, "streaming sparsity"))
+    monkeypatch.setattr(compare, "_cached", lambda request, fingerprints, compute, progress=None: compute())
+    calls = []
+    _streamed(monkeypatch, compare.cka_layers, FT, FT, TASK, layers_a=("conv5",), layers_b=("conv5",),
+              progress=lambda *a: calls.append(a))
+    assert list(_passes(calls, "streaming CKA")) == [("conv5", 1)]
+
+
 @pytest.mark.usefixtures("demo_env")
 def test_the_demo_layers_are_held_whole_at_the_default_budget(monkeypatch):
     """Streaming never changes the demo's numbers: at 1 GiB every demo layer fits even the ablations'
@@ -123,3 +175,18 @@ def test_memory_budget_setting(monkeypatch):
         monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", bad)
         with pytest.raises(InputError, match="FILTERSCOPE_MEMORY_GB"):
             memory_budget()
+
+
+def test_cli_progress_keeps_model_ids_whole_and_one_bar_per_pass(capsys):
+    """The CLI's bars are keyed by the text before the first ": ": a model id's colon does not split it,
+    and a streamed analysis's passes share one bar that shows the pass and block."""
+    from core.__main__ import tqdm_progress
+
+    with tqdm_progress() as cb:
+        cb(1, 4, "extracting conv5 from tv:alexnet")
+        cb(4, 4, "extracting conv5 from tv:alexnet")
+        cb(1, 3, "streaming ablation conv3: train pass 1, block 1/3")
+        cb(3, 3, "streaming ablation conv3: train pass 2, block 3/3")
+    err = capsys.readouterr().err
+    assert "extracting conv5 from tv:alexnet: 100%" in err           # the id whole in the bar's title
+    assert "streaming ablation conv3: 100%" in err and "3/3 [" in err and "train pass 2, block 3/3]" in err
