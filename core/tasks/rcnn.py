@@ -35,7 +35,7 @@ import torch
 
 from core import analysis
 from core.store import extraction
-from core.config import cache_root
+from core.config import cache_root, memory_budget
 from core.hashing import stable_hash
 from core.data.datasets import (RCNN_CONTEXT_PAD, RCNN_CROP_SIZE, RCNN_FILL, VOC_CLASSES, ArrayImageSet, FileImageSet,
                                 ImageSet, read_voc_annotations, warp_box)
@@ -431,13 +431,111 @@ def region_features(loaded: LoadedModel, crops: ArrayImageSet, layer: str, *, de
     return extraction.extract(loaded, crops, [layer], device=device, progress=progress, num_workers=0)[layer]
 
 
-def ablate(x: np.ndarray, ablation: str, seed: int = 0) -> np.ndarray:
-    """Table 7-8 ablation of region features, as a float32 ``[N, D]`` matrix."""
-    fns = analysis.ablation_transforms(np.ndim(x))
+def _ablation_fn(ndim: int, ablation: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    fns = analysis.ablation_transforms(ndim)
     if ablation not in fns:
         raise InputError(f"ablation {ablation!r} needs a convolutional layer; for fc layers use "
                          "original or binarize")
-    return np.ascontiguousarray(fns[ablation](np.asarray(x, np.float32), seed), dtype=np.float32)
+    return fns[ablation]
+
+
+def ablate(x: np.ndarray, ablation: str, seed: int = 0) -> np.ndarray:
+    """Table 7-8 ablation of region features, as a float32 ``[N, D]`` matrix."""
+    fn = _ablation_fn(np.ndim(x), ablation)
+    return np.ascontiguousarray(fn(np.asarray(x, np.float32), seed), dtype=np.float32)
+
+
+#: Bytes per stored value the in-memory path holds: the float32 ablated copy and its scaled copy, and
+#: the float16 store's pages; over ``FILTERSCOPE_MEMORY_GB`` the regions stream (:class:`StreamedRegions`).
+_HELD_BYTES = 12
+#: A streamed block holds at most this share of the budget in float32 ablated rows.
+_BLOCK_SHARE = 128
+
+
+class StreamedRegions:
+    """Region features over the memory budget, read from the feature store as they are needed, never
+    whole: the ablated float32 rows of an index set (the SVMs' positives and negative cache), or every
+    row in blocks (hard-negative scoring, the test scores). Equal to :func:`ablate` of the whole layer
+    row for row: binarize and sp-max are per row, and sp-shuffle gives row ``i`` the ``i``-th of the
+    permutations :func:`core.analysis.ablation.spatial_shuffle` draws for the whole layer.
+
+    Rows are scaled by ``scale`` (R-CNN's feature normalisation) once it is set."""
+
+    def __init__(self, f: extraction.LayerFeatures, ablation: str, seed: int = 0):
+        self.raw = f.array()  # memory-mapped: a read touches only the rows it gathers
+        self._fn, self.scale = _ablation_fn(len(f.shape), ablation), 1.0
+        n = f.shape[0]
+        self.perms = None
+        if ablation == "sp-shuffle":
+            from core.analysis.ablation import shuffle_permutations
+            self.perms = shuffle_permutations(n, f.shape[2] * f.shape[3], seed).numpy().astype(np.int16)
+        dim = f.shape[1] if ablation == "sp-max" else int(np.prod(f.shape[1:]))
+        self.shape = (n, dim)
+        self.block_rows = max(1, memory_budget() // _BLOCK_SHARE // (4 * dim))
+
+    def _ablated(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if self.perms is None:
+            out = np.ascontiguousarray(self._fn(x, 0), dtype=np.float32)
+        else:
+            n, c, h, w = x.shape
+            flat = x.reshape(n, c, h * w)
+            p = self.perms[rows].astype(np.int64)
+            out = np.take_along_axis(flat, np.broadcast_to(p[:, None, :], flat.shape), axis=2).reshape(n, -1)
+        return out * np.float32(self.scale) if self.scale != 1.0 else out
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The ablated, scaled rows ``idx`` ``[len(idx), D]`` float32."""
+        idx = np.asarray(idx, np.int64)
+        order = np.argsort(idx, kind="stable")       # the store read in row order
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        out[order] = self._ablated(self.raw[idx[order]], idx[order])
+        return out
+
+    def blocks(self):
+        """``(rows, ablated scaled block)`` over every row, a block of :attr:`block_rows` at a time."""
+        for lo in range(0, self.shape[0], self.block_rows):
+            rows = np.arange(lo, min(self.shape[0], lo + self.block_rows))
+            yield rows, self._ablated(self.raw[lo:rows[-1] + 1], rows)
+
+
+Regions = np.ndarray | StreamedRegions
+
+
+def _take(x: Regions, idx: np.ndarray) -> np.ndarray:
+    return x.take(idx) if isinstance(x, StreamedRegions) else x[idx]
+
+
+#: Rows scored at a time by :func:`_scores` on an in-memory layer.
+_SCORE_ROWS = 4096
+
+
+def _scores(x: Regions, idx: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+    """``x[idx] @ w + b`` for ascending ``idx``, in float64 (float32 inputs): a chunk of rows at a time,
+    over a streamed layer its blocks. Float64 so that the two paths' different chunkings cannot move a
+    score across the mining thresholds (float32 dot products of other lengths round differently)."""
+    w64, b64 = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    if isinstance(x, StreamedRegions):
+        chunks = ((rows, block) for rows, block in x.blocks())
+    else:
+        chunks = ((idx[k:k + _SCORE_ROWS], None) for k in range(0, len(idx), _SCORE_ROWS))
+    parts = []
+    for rows, block in chunks:
+        if block is None:
+            parts.append(x[rows] @ w64 + b64)
+            continue
+        lo, hi = np.searchsorted(idx, [rows[0], rows[-1] + 1])
+        if hi > lo:
+            parts.append(block[idx[lo:hi] - rows[0]] @ w64 + b64)
+    return np.concatenate(parts) if parts else np.zeros((0,) + w64.shape[1:])
+
+
+def region_rows(f: extraction.LayerFeatures, ablation: str, seed: int = 0) -> Regions:
+    """The SVMs' region features: :func:`ablate` of the whole layer when its working copies fit
+    ``FILTERSCOPE_MEMORY_GB``, else :class:`StreamedRegions` over the store."""
+    if int(np.prod(f.shape)) * _HELD_BYTES <= memory_budget():
+        return ablate(f.array(), ablation, seed)
+    return StreamedRegions(f, ablation, seed)
 
 
 # =========================================================================== training
@@ -479,7 +577,7 @@ def _fit_svm(x: np.ndarray, y: np.ndarray, cfg: DetectionConfig) -> tuple[np.nda
     return svm.coef_.ravel().astype(np.float32), float(svm.intercept_[0])
 
 
-def train_class_svm(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, cfg: DetectionConfig,
+def train_class_svm(x: Regions, pos: np.ndarray, neg: np.ndarray, cfg: DetectionConfig,
                     rng: np.random.Generator) -> tuple[np.ndarray, float, dict]:
     """One class's linear SVM with R-CNN's hard-negative mining.
 
@@ -496,22 +594,23 @@ def train_class_svm(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, cfg: Detect
     """
     if len(pos) == 0:
         return np.zeros(x.shape[1], np.float32), -1e3, {"cache": [], "note": "no positives"}
+    neg = np.sort(neg)
     cache = rng.choice(neg, min(len(neg), cfg.initial_negatives), replace=False) if len(neg) else neg
     sizes = []
     for rnd in range(cfg.mining_rounds + 1):
         if len(cache) == 0:
             return np.zeros(x.shape[1], np.float32), 1.0, {"cache": sizes, "note": "no negatives"}
         idx = np.concatenate([pos, cache])
-        w, b = _fit_svm(x[idx], np.r_[np.ones(len(pos), int), np.zeros(len(cache), int)], cfg)
+        w, b = _fit_svm(_take(x, idx), np.r_[np.ones(len(pos), int), np.zeros(len(cache), int)], cfg)
         sizes.append(int(len(cache)))
         if rnd == cfg.mining_rounds:
             break
-        s = x[neg] @ w + b
+        s = _scores(x, neg, w, b)
         in_cache = np.isin(neg, cache)
         hard = neg[(s > _HARD_THRESH) & ~in_cache]
         if len(hard) == 0:
             break
-        keep = cache[(x[cache] @ w + b) >= _EVICT_THRESH]
+        keep = cache[(_take(x, cache) @ w + b) >= _EVICT_THRESH]
         cache = np.concatenate([keep, hard])
     return w, b, {"cache": sizes}
 
@@ -524,17 +623,23 @@ class DetectorWeights:
     mining: list[dict]
 
 
-def train_detectors(x: np.ndarray, is_gt_pos: np.ndarray, labels: np.ndarray, overlaps: np.ndarray,
+def train_detectors(x: Regions, is_gt_pos: np.ndarray, labels: np.ndarray, overlaps: np.ndarray,
                     num_classes: int, cfg: DetectionConfig) -> DetectorWeights:
-    """Per-class SVMs on candidate features ``x`` ``[P, D]``.
+    """Per-class SVMs on candidate features ``x`` ``[P, D]`` (an array, or :class:`StreamedRegions`).
 
     ``is_gt_pos`` marks the non-difficult ground-truth candidates and ``labels`` their class;
     ``overlaps`` ``[P, C]`` is :func:`max_overlap_per_class`. Negatives of class ``c``: candidates
     with overlap < ``negative_iou`` with every box of ``c`` (other classes' boxes included).
     """
-    norms = np.linalg.norm(x, axis=1)
+    if isinstance(x, StreamedRegions):
+        norms = np.concatenate([np.linalg.norm(block, axis=1) for _, block in x.blocks()])
+    else:
+        norms = np.linalg.norm(x, axis=1)
     scale = float(cfg.feat_norm / max(norms.mean(), 1e-12))
-    xs = x * np.float32(scale)
+    if isinstance(x, StreamedRegions):
+        x.scale, xs = scale, x
+    else:
+        xs = x * np.float32(scale)
     rng = np.random.default_rng(cfg.seed)
     ws, bs, info = [], [], []
     for c in range(num_classes):
@@ -608,10 +713,19 @@ def _candidates(data: DetectionData, cfg: DetectionConfig, progress: Progress | 
     return boxes[order].astype(np.float32), index[order], flag[order], lab[order]
 
 
-def _features_of(loaded, data, boxes, index, cfg, name, device, progress) -> np.ndarray:
+def _features_of(loaded, data, boxes, index, cfg, name, device, progress) -> Regions:
     crops = crop_set(data.images, index, boxes, loaded.spec.input_size, name)
     f = region_features(loaded, crops, cfg.layer, device=device, progress=progress)
-    return ablate(f.array(), cfg.ablation, cfg.seed)
+    return region_rows(f, cfg.ablation, cfg.seed)
+
+
+def _test_scores(x: Regions, det: DetectorWeights) -> np.ndarray:
+    """Every region's class scores ``[P, C]``: over a streamed layer block by block."""
+    if isinstance(x, StreamedRegions):
+        x.scale = det.scale
+    else:
+        x = x * np.float32(det.scale)
+    return _scores(x, np.arange(x.shape[0]), det.w, det.b).astype(np.float32)
 
 
 def run_detection(loaded: LoadedModel, train: DetectionData, test: DetectionData,
@@ -639,7 +753,7 @@ def run_detection(loaded: LoadedModel, train: DetectionData, test: DetectionData
     qb, qi, _, _ = _candidates(test, cfg, progress, train=False)
     xte = _features_of(loaded, test, qb, qi, cfg, f"{test.images.name}-det-{cfg.proposals}{cfg.max_proposals}-test",
                        device, progress)
-    scores = (xte * np.float32(det.scale)) @ det.w + det.b
+    scores = _test_scores(xte, det)
     dets = detect(scores, qb, qi, cfg.nms_iou, cfg.top_per_image)
     ev = analysis.evaluate_detections(dets, test.boxes, test.labels, test.difficult, test.image_index,
                                       use_07_metric=cfg.use_07_metric)
@@ -667,6 +781,6 @@ def image_detections(result: DetectionResult, image_index: int, per_class: int =
 
 __all__ = ["DetectionConfig", "DetectionData", "DetectionResult", "PROPOSAL_METHODS", "VOC_CLASSES",
            "sliding_windows", "selective_search", "image_proposals", "dataset_proposals", "crop_set",
-           "region_features", "ablate", "max_overlap_per_class", "train_class_svm", "train_detectors",
+           "region_features", "ablate", "region_rows", "StreamedRegions", "max_overlap_per_class", "train_class_svm", "train_detectors",
            "detect", "run_detection", "image_detections", "voc_detection", "concat_detection",
            "load_detection_data"]

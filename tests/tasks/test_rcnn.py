@@ -288,3 +288,45 @@ def test_register_voc_detection_task(voc_root, tmp_cache):
     assert service.detection_config("voc07-det").proposals == "selective-search"
     with pytest.raises(DataMissingError):
         service.register_voc_detection(str(voc_root / "missing"))
+
+
+@pytest.mark.parametrize("layer, ablation", [("conv5", "original"), ("conv5", "sp-shuffle"), ("fc7", "binarize")])
+def test_detection_over_the_memory_budget_streams_the_regions(voc_root, tmp_cache, tiny_net, monkeypatch,
+                                                              layer, ablation):
+    """Region features over FILTERSCOPE_MEMORY_GB are read from the store as needed (the SVMs' rows,
+    and block by block for mining and test scores), never ablated whole: the same detectors, scores
+    and AP as the in-memory path (#30)."""
+    tr = det.load_detection_data(f"voc2007:{voc_root}:trainval")
+    te = det.load_detection_data(f"voc2007:{voc_root}:test")
+    cfg = det.DetectionConfig(layer=layer, proposals="selective-search", max_proposals=40, mining_rounds=2,
+                              initial_negatives=20, ablation=ablation)
+    ref = det.run_detection(tiny_net, tr, te, cfg, device="cpu")
+    monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", str(2**-17))          # 8 KiB: blocks of a row or two
+    monkeypatch.setattr(det, "ablate", lambda *a, **k: pytest.fail("a whole-layer ablation over the budget"))
+    got = det.run_detection(tiny_net, tr, te, cfg, device="cpu")
+    assert got.stats["mining"] == ref.stats["mining"]                 # the same negative caches, round by round
+    np.testing.assert_allclose(got.ap, ref.ap, atol=1e-9, equal_nan=True)
+    for a, b in zip(got.detections, ref.detections):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_streamed_regions_equal_the_whole_ablation(tmp_cache, tiny_net, monkeypatch):
+    """Row for row, any index order, any block size: StreamedRegions equals ablate() of the whole layer
+    (sp-shuffle's permutation of row i is the i-th of the whole layer's)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (23, 40, 40, 3), dtype=np.uint8)
+    data = ArrayImageSet("regions", images, np.zeros(23, int), ["x"])
+    f = extraction.extract(tiny_net, data, ["conv5"], device="cpu", num_workers=0)["conv5"]
+    idx = rng.permutation(23)[:9]
+    for ablation in ("original", "binarize", "sp-shuffle", "sp-max"):
+        whole = det.ablate(f.array(), ablation, seed=3)
+        for budget in (2**-20, 2**-14):
+            monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", str(budget))
+            s = det.StreamedRegions(f, ablation, seed=3)
+            assert s.shape == whole.shape
+            np.testing.assert_array_equal(s.take(idx), whole[idx])
+            blocks = list(s.blocks())
+            assert np.array_equal(np.concatenate([r for r, _ in blocks]), np.arange(23))
+            np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), whole)
+        s.scale = 0.5
+        np.testing.assert_array_equal(s.take(idx), whole[idx] * np.float32(0.5))
