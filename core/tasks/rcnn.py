@@ -624,7 +624,7 @@ class DetectorWeights:
 
 
 def train_detectors(x: Regions, is_gt_pos: np.ndarray, labels: np.ndarray, overlaps: np.ndarray,
-                    num_classes: int, cfg: DetectionConfig) -> DetectorWeights:
+                    num_classes: int, cfg: DetectionConfig, progress: Progress | None = None) -> DetectorWeights:
     """Per-class SVMs on candidate features ``x`` ``[P, D]`` (an array, or :class:`StreamedRegions`).
 
     ``is_gt_pos`` marks the non-difficult ground-truth candidates and ``labels`` their class;
@@ -647,6 +647,9 @@ def train_detectors(x: Regions, is_gt_pos: np.ndarray, labels: np.ndarray, overl
         neg = np.flatnonzero(overlaps[:, c] < cfg.negative_iou)
         w, b, meta = train_class_svm(xs, pos, neg, cfg, rng)
         ws.append(w), bs.append(b), info.append({"positives": int(len(pos)), **meta})
+        if progress:
+            progress(c + 1, num_classes, f"training per-class SVMs with hard-negative mining: class {c + 1} of "
+                                         f"{num_classes}")
     return DetectorWeights(np.stack(ws, 1), np.asarray(bs, np.float32), scale, info)
 
 
@@ -746,8 +749,9 @@ def run_detection(loaded: LoadedModel, train: DetectionData, test: DetectionData
     t_feat_train = time.perf_counter() - t0
     overlaps = max_overlap_per_class(tb, ti, tr, num_classes)
     if progress:
-        progress(0, num_classes, "training per-class SVMs with hard-negative mining")
-    det = train_detectors(xtr, tflag, tlab, overlaps, num_classes, cfg)
+        progress(0, num_classes, "training per-class SVMs with hard-negative mining: class 1 of "
+                                 f"{num_classes}")
+    det = train_detectors(xtr, tflag, tlab, overlaps, num_classes, cfg, progress)
     t_train = time.perf_counter() - t0 - t_feat_train
     test = test.subset(cfg.max_test_images)
     qb, qi, _, _ = _candidates(test, cfg, progress, train=False)

@@ -303,7 +303,10 @@ def test_detection_over_the_memory_budget_streams_the_regions(voc_root, tmp_cach
     ref = det.run_detection(tiny_net, tr, te, cfg, device="cpu")
     monkeypatch.setenv("FILTERSCOPE_MEMORY_GB", str(2**-17))          # 8 KiB: blocks of a row or two
     monkeypatch.setattr(det, "ablate", lambda *a, **k: pytest.fail("a whole-layer ablation over the budget"))
-    got = det.run_detection(tiny_net, tr, te, cfg, device="cpu")
+    calls = []
+    got = det.run_detection(tiny_net, tr, te, cfg, device="cpu", progress=lambda *a: calls.append(a))
+    training = [c[:2] for c in calls if c[2].startswith("training per-class SVMs")]
+    assert training == [(k, len(VOC_CLASSES)) for k in range(len(VOC_CLASSES) + 1)]   # class by class
     assert got.stats["mining"] == ref.stats["mining"]                 # the same negative caches, round by round
     np.testing.assert_allclose(got.ap, ref.ap, atol=1e-9, equal_nan=True)
     for a, b in zip(got.detections, ref.detections):
