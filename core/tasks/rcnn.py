@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from core import analysis
+from core.analysis.sharded import load_shard
 from core.store import extraction
 from core.config import cache_root, memory_budget
 from core.hashing import stable_hash
@@ -347,7 +348,7 @@ def dataset_proposals(data: DetectionData, method: str, max_proposals: int,
         b = image_proposals(_image_array(data.images, i), method, max_proposals)
         boxes.append(b), index.append(np.full(len(b), i, np.int64))
         if progress and (i % 50 == 0 or i == n - 1):
-            progress(i + 1, n, f"region proposals ({method}) {i + 1}/{n}")
+            progress(i + 1, n, f"region proposals ({method}): image {i + 1} of {n}")
     return np.concatenate(boxes).astype(np.float32), np.concatenate(index)
 
 
@@ -462,7 +463,7 @@ class StreamedRegions:
     Rows are scaled by ``scale`` (R-CNN's feature normalisation) once it is set."""
 
     def __init__(self, f: extraction.LayerFeatures, ablation: str, seed: int = 0):
-        self.raw = f.array()  # memory-mapped: a read touches only the rows it gathers
+        self.features = f
         self._fn, self.scale = _ablation_fn(len(f.shape), ablation), 1.0
         n = f.shape[0]
         self.perms = None
@@ -471,7 +472,8 @@ class StreamedRegions:
             self.perms = shuffle_permutations(n, f.shape[2] * f.shape[3], seed).numpy().astype(np.int16)
         dim = f.shape[1] if ablation == "sp-max" else int(np.prod(f.shape[1:]))
         self.shape = (n, dim)
-        self.block_rows = max(1, memory_budget() // _BLOCK_SHARE // (4 * dim))
+        # the float32 copy of a stored block (full width, before sp-max pools it) is the working size
+        self.block_rows = max(1, memory_budget() // _BLOCK_SHARE // (4 * int(np.prod(f.shape[1:]))))
 
     def _ablated(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -489,14 +491,17 @@ class StreamedRegions:
         idx = np.asarray(idx, np.int64)
         order = np.argsort(idx, kind="stable")       # the store read in row order
         out = np.empty((len(idx), self.shape[1]), np.float32)
-        out[order] = self._ablated(self.raw[idx[order]], idx[order])
+        # a fresh memory map per call, released after it: the pages read do not stay mapped (and counted)
+        out[order] = self._ablated(self.features.array()[idx[order]], idx[order])
         return out
 
     def blocks(self):
         """``(rows, ablated scaled block)`` over every row, a block of :attr:`block_rows` at a time."""
-        for lo in range(0, self.shape[0], self.block_rows):
-            rows = np.arange(lo, min(self.shape[0], lo + self.block_rows))
-            yield rows, self._ablated(self.raw[lo:rows[-1] + 1], rows)
+        stored_row = 2 * int(np.prod(self.features.shape[1:]))  # float16
+        for lo, d in analysis.row_blocks(self.features, self.block_rows * stored_row):
+            block = load_shard(d)  # mapped for this block only
+            rows = np.arange(lo, lo + len(block))
+            yield rows, self._ablated(block, rows)
 
 
 Regions = np.ndarray | StreamedRegions
