@@ -194,14 +194,14 @@ class _LazyStatus:
 
     def __call__(self, done: int, total: int, message: str) -> None:
         if self.box is None:
-            self.box = st.status(self.label, expanded=False)
+            self.box = st.status(self.label, expanded=True)  # the bar shows while it runs
             self.bar = self.box.progress(0.0)
         self.bar.progress(min(1.0, done / max(total, 1)), text=message[:120])
 
     def finish(self, ok: bool = True) -> None:
         if self.box is not None:
             self.box.update(label=self.label.rstrip("…") + (" — done" if ok else " — failed"),
-                            state="complete" if ok else "error")
+                            state="complete" if ok else "error", expanded=False)
 
 
 def computing(label: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
