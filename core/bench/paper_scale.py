@@ -700,8 +700,8 @@ def format_summary(record: dict) -> str:
     runs = record["runs"]
     kinds = [("extraction, both splits", lambda s: s["name"].startswith("extract:"))]
     kinds += [(_TITLES.get(a, a), lambda s, a=a: s["name"] == a) for a in (*ANALYSES, "sparsity", "cka")]
-    head = " | ".join(f"fraction {r['fraction']:g} ({sum(r['splits'][x]['crops'] for x in ('trainval', 'test')):,} crops)"
-                      for r in runs)
+    crops = [sum(r["splits"][x]["crops"] for x in ("trainval", "test")) for r in runs]
+    head = " | ".join(f"fraction {r['fraction']:g} ({c:,} crops)" for r, c in zip(runs, crops))
     lines = [f"| stage, all layers | {head} |", "|---|" + "---:|" * len(runs)]
     for name, pick in kinds:
         cells = [_total_cell([s for s in r["stages"] if pick(s)]) for r in runs]

@@ -86,6 +86,13 @@ def _rows_source(f: LayerFeatures, report: Report | None = None) -> analysis.Row
     return read
 
 
+def _split_sources(ftr: LayerFeatures, fte: LayerFeatures, progress: Progress | None, what: str,
+                   source: Callable[..., analysis.RowSource] = _rows_source
+                   ) -> tuple[analysis.RowSource, analysis.RowSource]:
+    """The train and test layers as row streams, each reporting its reads as ``what``'s train / test passes."""
+    return (source(ftr, _reporter(progress, what, "train ")), source(fte, _reporter(progress, what, "test ")))
+
+
 def _reporting_map(report: Report | None, blocks: list) -> Callable[..., list]:
     """A ``map_shards`` for the shard reducers over ``blocks`` (:func:`_blocks`; mapped by
     :func:`core.analysis.sharded.map_local`, in this process) that tells ``report`` of every block done.
@@ -309,11 +316,9 @@ def svm_ranking(model_id: str, task_id: str, layer: str, progress: Progress | No
             res = analysis.svm_filter_ranking(xtr, tr.labels, xte, te.labels, num_classes=tr.num_classes)
             how = "hinge-loss linear SVM (LinearSVC), C by validation AP"
         else:
-            res = analysis.filter_ranking_streamed(_pooled_rows(ftr, _reporter(progress, f"ranking {layer}", "train ")),
-                                                   tr.labels,
-                                                   _pooled_rows(fte, _reporter(progress, f"ranking {layer}", "test ")),
-                                                   te.labels,
-                                                   num_classes=tr.num_classes, config=TABLE_CLASSIFIER)
+            src_tr, src_te = _split_sources(ftr, fte, progress, f"ranking {layer}", _pooled_rows)
+            res = analysis.filter_ranking_streamed(src_tr, tr.labels, src_te, te.labels, num_classes=tr.num_classes,
+                                                   config=TABLE_CLASSIFIER)
             how = ("least-squares SVM from products accumulated over row blocks, 1/lambda by validation AP "
                    "(the pooled rows exceed FILTERSCOPE_MEMORY_GB for the paper's hinge-loss solver)")
         return {"result": res, "class_names": tr.class_names,
@@ -457,12 +462,9 @@ def ablation(model_id: str, task_id: str, layer: str, seeds: Sequence[int] = (0,
                                           np.asarray(fte.array(), np.float32), te.labels,
                                           num_classes=tr.num_classes, seeds=tuple(seeds), config=TABLE_CLASSIFIER)
         else:
-            res = analysis.ablation_study_streamed(_rows_source(ftr, _reporter(progress, f"ablation {layer}", "train ")),
-                                                   tr.labels,
-                                                   _rows_source(fte, _reporter(progress, f"ablation {layer}", "test ")),
-                                                   te.labels,
-                                                   num_classes=tr.num_classes, seeds=tuple(seeds),
-                                                   config=TABLE_CLASSIFIER, max_dim=sketch)
+            src_tr, src_te = _split_sources(ftr, fte, progress, f"ablation {layer}")
+            res = analysis.ablation_study_streamed(src_tr, tr.labels, src_te, te.labels, num_classes=tr.num_classes,
+                                                   seeds=tuple(seeds), config=TABLE_CLASSIFIER, max_dim=sketch)
         params = {"seeds": list(seeds), **({"count sketch": sketch} if sketch else {})}
         return {"summary": list(res.summary), "runs": [{k: v for k, v in r.items() if k != "ap"} for r in res.runs],
                 "provenance": _prov(model_id, f"{t.train} -> {t.test}", layer, params)}
@@ -493,11 +495,9 @@ def layer_map(model_id: str, task_id: str, layer: str, progress: Progress | None
                                       np.asarray(fte.array(), np.float32), te.labels, num_classes=tr.num_classes,
                                       config=TABLE_CLASSIFIER)
         else:
-            res = analysis.linear_map_streamed(_rows_source(ftr, _reporter(progress, f"layer mAP {layer}", "train ")),
-                                               tr.labels,
-                                               _rows_source(fte, _reporter(progress, f"layer mAP {layer}", "test ")),
-                                               te.labels,
-                                               num_classes=tr.num_classes, config=TABLE_CLASSIFIER, max_dim=sketch)
+            src_tr, src_te = _split_sources(ftr, fte, progress, f"layer mAP {layer}")
+            res = analysis.linear_map_streamed(src_tr, tr.labels, src_te, te.labels, num_classes=tr.num_classes,
+                                               config=TABLE_CLASSIFIER, max_dim=sketch)
         return {"map": res.map, "ap": res.ap, "class_names": tr.class_names,
                 "columns": width if sketch is None else f"{width} count-sketched to {sketch}"}
 

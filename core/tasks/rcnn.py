@@ -790,6 +790,6 @@ def image_detections(result: DetectionResult, image_index: int, per_class: int =
 
 __all__ = ["DetectionConfig", "DetectionData", "DetectionResult", "PROPOSAL_METHODS", "VOC_CLASSES",
            "sliding_windows", "selective_search", "image_proposals", "dataset_proposals", "crop_set",
-           "region_features", "ablate", "region_rows", "StreamedRegions", "max_overlap_per_class", "train_class_svm", "train_detectors",
-           "detect", "run_detection", "image_detections", "voc_detection", "concat_detection",
+           "region_features", "ablate", "region_rows", "StreamedRegions", "max_overlap_per_class",
+           "train_class_svm", "train_detectors", "detect", "run_detection", "image_detections", "voc_detection", "concat_detection",
            "load_detection_data"]
