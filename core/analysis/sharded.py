@@ -457,8 +457,12 @@ def class_nonzero_fraction_sharded(shards: Any, labels: Any, num_classes: int | 
 
 
 # --------------------------------------------------------------------------- ablations
-def _shard_ablate(start: int, x: np.ndarray, name: str, perms: np.ndarray | None) -> np.ndarray:
-    """One shard's ablated features ``[n, D]`` (as :func:`ablation_transforms`)."""
+def ablate_block(start: int, x: np.ndarray, name: str, perms: np.ndarray | None) -> np.ndarray:
+    """One block's ablated features ``[n, D]`` (as :func:`ablation_transforms`): rows ``start ..`` of a
+    layer whose sp-shuffle permutations are ``perms`` (one row per item, :func:`shuffle_permutations`).
+
+    Reproduces: Sec. 5 (binarize, sp-max, sp-shuffle), a block of rows at a time.
+    """
     from core.analysis.ablation import binarize, spatial_max
 
     if name == "original":
@@ -498,10 +502,10 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
             raise InputError(f"sp-shuffle needs conv maps [N, C, H, W], got {first.ndim}-D features")
         g, hw = cpu_generator(seed), first.shape[2] * first.shape[3]
         perms = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).numpy()
-    parts = map_shards(_shard_ablate, specs, name, perms)
+    parts = map_shards(ablate_block, specs, name, perms)
     return np.concatenate(parts)
 
 
 __all__ = ["row_blocks", "entropy_curves_sharded", "aue_sharded", "shuffled_label_aue_sharded",
            "class_filter_ap_sharded", "sparsity_meaningful_sharded", "nonzero_fraction_sharded", "sparsity_summary_sharded",
-           "class_nonzero_fraction_sharded", "unit_nonzero_fraction_sharded", "ablation_features_sharded"]
+           "class_nonzero_fraction_sharded", "unit_nonzero_fraction_sharded", "ablation_features_sharded", "ablate_block"]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from core import analysis
-from core.analysis.sharded import load_shard
+from core.analysis.sharded import ablate_block, load_shard
 from core.store import extraction
 from core.config import cache_root, memory_budget
 from core.hashing import stable_hash
@@ -463,8 +463,8 @@ class StreamedRegions:
     Rows are scaled by ``scale`` (R-CNN's feature normalisation) once it is set."""
 
     def __init__(self, f: extraction.LayerFeatures, ablation: str, seed: int = 0):
-        self.features = f
-        self._fn, self.scale = _ablation_fn(len(f.shape), ablation), 1.0
+        _ablation_fn(len(f.shape), ablation)  # an ablation this layer does not have: the same error as ablate()
+        self.features, self.ablation, self.scale = f, ablation, 1.0
         n = f.shape[0]
         self.perms = None
         if ablation == "sp-shuffle":
@@ -476,14 +476,8 @@ class StreamedRegions:
         self.block_rows = max(1, memory_budget() // _BLOCK_SHARE // (4 * int(np.prod(f.shape[1:]))))
 
     def _ablated(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        if self.perms is None:
-            out = np.ascontiguousarray(self._fn(x, 0), dtype=np.float32)
-        else:
-            n, c, h, w = x.shape
-            flat = x.reshape(n, c, h * w)
-            p = self.perms[rows].astype(np.int64)
-            out = np.take_along_axis(flat, np.broadcast_to(p[:, None, :], flat.shape), axis=2).reshape(n, -1)
+        perms = None if self.perms is None else self.perms[rows].astype(np.int64)
+        out = np.ascontiguousarray(ablate_block(0, np.asarray(x, np.float32), self.ablation, perms), np.float32)
         return out * np.float32(self.scale) if self.scale != 1.0 else out
 
     def take(self, idx: np.ndarray) -> np.ndarray:
