@@ -23,7 +23,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from core.analysis._common import (DEFAULT_CHUNK_ELEMENTS, cpu_generator, int_labels,
+from core.analysis._common import (DEFAULT_CHUNK_ELEMENTS, int_labels,
                                    plan_chunks, positives_matrix)
 from core.analysis.precision_recall import _NO_POSITIVES
 from core.analysis.selectivity import _entropy, _thresholds, _trapezoid, label_permutation
@@ -500,8 +500,9 @@ def ablation_features_sharded(shards: Any, name: str, seed: int = 0, *,
         n = sum(len(load_shard(d)) for _, d in specs)
         if first.ndim != 4:
             raise InputError(f"sp-shuffle needs conv maps [N, C, H, W], got {first.ndim}-D features")
-        g, hw = cpu_generator(seed), first.shape[2] * first.shape[3]
-        perms = torch.stack([torch.randperm(hw, generator=g) for _ in range(n)]).numpy()
+        from core.analysis.ablation import shuffle_permutations
+
+        perms = shuffle_permutations(n, first.shape[2] * first.shape[3], seed).numpy()
     parts = map_shards(ablate_block, specs, name, perms)
     return np.concatenate(parts)
 

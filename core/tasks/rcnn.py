@@ -515,17 +515,12 @@ def _scores(x: Regions, idx: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
     score across the mining thresholds (float32 dot products of other lengths round differently)."""
     w64, b64 = np.asarray(w, np.float64), np.asarray(b, np.float64)
     if isinstance(x, StreamedRegions):
-        chunks = ((rows, block) for rows, block in x.blocks())
-    else:
-        chunks = ((idx[k:k + _SCORE_ROWS], None) for k in range(0, len(idx), _SCORE_ROWS))
-    parts = []
-    for rows, block in chunks:
-        if block is None:
-            parts.append(x[rows] @ w64 + b64)
-            continue
-        lo, hi = np.searchsorted(idx, [rows[0], rows[-1] + 1])
-        if hi > lo:
+        parts = []
+        for rows, block in x.blocks():
+            lo, hi = np.searchsorted(idx, [rows[0], rows[-1] + 1])
             parts.append(block[idx[lo:hi] - rows[0]] @ w64 + b64)
+    else:
+        parts = [x[idx[k:k + _SCORE_ROWS]] @ w64 + b64 for k in range(0, len(idx), _SCORE_ROWS)]
     return np.concatenate(parts) if parts else np.zeros((0,) + w64.shape[1:])
 
 
